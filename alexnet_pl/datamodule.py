@@ -1,0 +1,119 @@
+"""The ImageNet-style folder (root/train/<class>/*, root/val/<class>/*) as a LightningDataModule."""
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from torch.utils.data import DataLoader
+from torchvision.datasets import ImageFolder
+
+SPLITS = ("train", "val")
+LAYOUT_HINT = (
+    "expected root/train/<class>/*.JPEG and root/val/<class>/*.JPEG (the torchvision ImageFolder "
+    "layout; `python -m alexnet_pl.train experiment=demo` trains on generated data instead)"
+)
+
+
+def list_classes(split_dir: Path) -> list[str]:
+    """Class names of one split, sorted: the same order ImageFolder gives its labels."""
+    return sorted(entry.name for entry in split_dir.iterdir() if entry.is_dir())
+
+
+def per_device_batch_size(global_batch_size: int, world_size: int) -> int:
+    """`data.batch_size` is the batch of one optimizer step over all processes, as in the paper."""
+    if global_batch_size < world_size or global_batch_size % world_size:
+        raise ValueError(
+            f"data.batch_size={global_batch_size} is the global batch and must divide evenly over "
+            f"{world_size} processes (devices x nodes); use a multiple of {world_size}, "
+            f"e.g. data.batch_size={max(1, global_batch_size // world_size) * world_size}"
+        )
+    return global_batch_size // world_size
+
+
+class ImageFolderDataModule(pl.LightningDataModule):
+    def __init__(
+        self,
+        root: str,
+        train_transform: Callable,
+        val_transform: Callable,
+        batch_size: int = 128,
+        num_workers: int = 8,
+        pin_memory: bool = True,
+        persistent_workers: bool = True,
+        drop_last: bool = True,
+    ) -> None:
+        super().__init__()
+        self.root = Path(root).expanduser()
+        self.train_transform = train_transform
+        self.val_transform = val_transform
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers and num_workers > 0  # torch refuses it with 0
+        self.batch_size_per_device = batch_size
+        self.drop_last = drop_last
+        self.class_names: list[str] = []
+        self.train_set: ImageFolder | None = None
+        self.val_set: ImageFolder | None = None
+
+    def read_class_names(self) -> list[str]:
+        """The classes of the folder, checked to be the same in train/ and val/.
+
+        A class missing from one split would shift every label after it: a week of training on
+        wrong labels. So a difference stops the run, naming the classes.
+        """
+        for split in SPLITS:
+            if not (self.root / split).is_dir():
+                raise FileNotFoundError(f"data.root={self.root} has no {split}/ folder; {LAYOUT_HINT}")
+        train_classes, val_classes = (list_classes(self.root / split) for split in SPLITS)
+        if not train_classes:
+            raise FileNotFoundError(f"data.root={self.root}/train has no class folders; {LAYOUT_HINT}")
+        if train_classes != val_classes:
+            only_train = sorted(set(train_classes) - set(val_classes))
+            only_val = sorted(set(val_classes) - set(train_classes))
+            raise ValueError(
+                f"data.root={self.root}: train/ and val/ must hold the same class folders, or the "
+                f"labels would not match. Only in train/: {only_train or 'none'}; only in val/: "
+                f"{only_val or 'none'}. Add or remove class folders so both lists are identical."
+            )
+        return train_classes
+
+    def setup(self, stage: str | None = None) -> None:
+        # Both checks run before any image is opened, on every process.
+        self.class_names = self.read_class_names()
+        world_size = self.trainer.world_size if self.trainer is not None else 1
+        self.batch_size_per_device = per_device_batch_size(self.batch_size, world_size)
+        self.train_set = ImageFolder(str(self.root / "train"), transform=self.train_transform)
+        self.val_set = ImageFolder(str(self.root / "val"), transform=self.val_transform)
+
+    def _loader(self, dataset: ImageFolder, train: bool) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size_per_device,
+            shuffle=train,  # Lightning swaps in a DistributedSampler under DDP, keeping this flag
+            drop_last=self.drop_last and train,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, train=False)
+
+    def state_dict(self) -> dict[str, Any]:
+        # Stored in every checkpoint, so a model can be used later without the training folder.
+        return {"class_names": self.class_names}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        saved = state_dict.get("class_names")
+        if saved is not None and saved != self.class_names:
+            raise ValueError(
+                f"the checkpoint was trained on classes that differ from those in "
+                f"data.root={self.root} (only in the checkpoint: "
+                f"{sorted(set(saved) - set(self.class_names)) or 'none'}; only in the folder: "
+                f"{sorted(set(self.class_names) - set(saved)) or 'none'}): resume on the same classes"
+            )

@@ -1,0 +1,85 @@
+"""The LightningModule: AlexNet, its loss and metrics, and the optimizer and LR schedule from config."""
+
+from collections.abc import Callable
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+OptimizerFactory = Callable[..., torch.optim.Optimizer]  # a functools.partial from Hydra
+SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
+
+
+class AlexNetModule(pl.LightningModule):
+    def __init__(
+        self,
+        network: nn.Module,
+        optimizer: OptimizerFactory,
+        scheduler: SchedulerFactory,
+        scheduler_monitor: str = "val/loss",
+    ) -> None:
+        super().__init__()
+        self.network = network
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.scheduler_monitor = scheduler_monitor
+        self.loss = nn.CrossEntropyLoss()
+        num_classes = self.num_classes
+        # torchmetrics accumulates counts on every process and sums them across DDP ranks at the
+        # end of the epoch, so the logged accuracy is over the whole validation set.
+        self.train_top1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
+        self.val_top1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
+        self.val_top5 = MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro")
+        self.val_loss = MeanMetric()
+
+    @property
+    def num_classes(self) -> int:
+        return self.network.classifier[-1].out_features
+
+    def setup(self, stage: str) -> None:
+        class_names = getattr(self.trainer.datamodule, "class_names", None)
+        if class_names and len(class_names) != self.num_classes:
+            raise ValueError(
+                f"model.num_classes={self.num_classes} but the data has {len(class_names)} "
+                f"classes; run with model.num_classes={len(class_names)}"
+            )
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.network(images)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        images, labels = batch
+        logits = self.network(images)
+        loss = self.loss(logits, labels)
+        self.train_top1(logits, labels)
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/top1", self.train_top1)  # this batch's accuracy, as train/loss is
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        images, labels = batch
+        logits = self.network(images)
+        # Weighted by batch size, so a short last batch counts for what it holds.
+        self.val_loss(self.loss(logits, labels), weight=labels.numel())
+        self.val_top1(logits, labels)
+        self.val_top5(logits, labels)
+        self.log("val/loss", self.val_loss, prog_bar=True)
+        self.log("val/top1", self.val_top1, prog_bar=True)
+        self.log("val/top5", self.val_top5)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = self.optimizer_factory(self.parameters())
+        return {
+            "optimizer": optimizer,
+            # Lightning steps the scheduler once per epoch, after that epoch's optimizer steps
+            # (the notebook stepped it before them, skipping the first learning rate).
+            "lr_scheduler": {
+                "scheduler": self.scheduler_factory(optimizer),
+                "interval": "epoch",
+                "monitor": self.scheduler_monitor,  # read only by ReduceLROnPlateau
+                "name": "train/lr",  # the key LearningRateMonitor logs it under
+            },
+        }

@@ -1,0 +1,43 @@
+"""Callbacks that leave a run's record behind: its configuration in every checkpoint, and the final
+validation metrics as JSON for scripts."""
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+
+FINAL_METRICS = ("val/loss", "val/top1", "val/top5")
+
+
+class ConfigInCheckpoint(pl.Callback):
+    """Stores the resolved run configuration (seed included) under checkpoint["config"], so that a
+    checkpoint alone says how to rebuild its model, its data transforms and its run."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = config
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        checkpoint["config"] = self.config
+
+
+class FinalMetricsWriter(pl.Callback):
+    """Writes the last validation metrics (fractions, synced over all processes) to a JSON file."""
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        logged = trainer.callback_metrics
+        metrics: dict[str, Any] = {name: float(logged[name]) for name in FINAL_METRICS if name in logged}
+        metrics.update(epochs_trained=trainer.current_epoch, global_step=trainer.global_step)
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        if best:
+            metrics["best_checkpoint"] = best
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.path.with_suffix(".json.partial")
+        partial.write_text(json.dumps(metrics, indent=2) + "\n")
+        os.replace(partial, self.path)  # readers never see a half-written file

@@ -1,0 +1,77 @@
+"""Train AlexNet: `python -m alexnet_pl.train [experiment=paper|demo] [key=value ...]`.
+
+Config (conf/) -> objects (hydra.utils.instantiate) -> Trainer.fit. Under DDP, Lightning runs this
+same command again for every other local rank, pointed at the same Hydra run folder.
+"""
+
+import logging
+import os
+import random
+from pathlib import Path
+
+import hydra
+import pytorch_lightning as pl
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from alexnet_pl.module import AlexNetModule
+from alexnet_pl.run_record import ConfigInCheckpoint
+
+log = logging.getLogger(__name__)
+
+
+def choose_seed(seed: int | None) -> int:
+    """Seeds every generator; without a configured seed, draws one that the run then records.
+
+    DDP ranks > 0 find rank 0's choice in PL_GLOBAL_SEED (set by seed_everything, inherited by the
+    processes it launches), so all ranks agree on the seed.
+    """
+    if seed is None:
+        seed = int(os.environ.get("PL_GLOBAL_SEED", random.SystemRandom().randrange(2**31)))
+    return pl.seed_everything(seed, workers=True)
+
+
+def check_resume_checkpoint(ckpt_path: str | None) -> None:
+    if ckpt_path is not None and not Path(ckpt_path).is_file():
+        raise FileNotFoundError(
+            f"ckpt_path={ckpt_path} is not a file; point it at a checkpoint such as "
+            "outputs/<date>/<time>/checkpoints/last.ckpt"
+        )
+
+
+def train(cfg: DictConfig) -> pl.Trainer:
+    cfg.seed = choose_seed(cfg.seed)
+    check_resume_checkpoint(cfg.ckpt_path)
+    run_config = OmegaConf.to_container(cfg, resolve=True)
+
+    datamodule = instantiate(cfg.data)
+    module = AlexNetModule(
+        network=instantiate(cfg.model),
+        optimizer=instantiate(cfg.optimizer),
+        scheduler=instantiate(cfg.scheduler),
+        scheduler_monitor=cfg.scheduler_monitor,
+    )
+    callbacks = [instantiate(callback) for callback in cfg.callbacks.values()]
+    callbacks.append(ConfigInCheckpoint(run_config))
+    loggers = [instantiate(logger) for logger in cfg.logger.values()]
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+
+    is_rank_zero = trainer.is_global_zero
+    if is_rank_zero:
+        # The resolved config, with the seed actually used (Hydra's .hydra/config.yaml has null).
+        OmegaConf.save(cfg, Path(cfg.paths.output_dir) / "config.yaml", resolve=True)
+        log.info("run folder: %s (seed %d)", cfg.paths.output_dir, cfg.seed)
+        for logger in trainer.loggers:
+            logger.log_hyperparams(run_config)
+
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    return trainer
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> None:
+    train(cfg)
+
+
+if __name__ == "__main__":
+    main()

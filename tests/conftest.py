@@ -1,0 +1,79 @@
+"""Fixtures: small real JPEG folders on disk, and a runner for the real training CLI."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+from alexnet_pl.demo_data import SHAPES, generate_demo_dataset
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = PROJECT_ROOT / "conf"
+NUM_CLASSES = len(SHAPES)
+
+# What every CLI test adds so that it runs in seconds on a 2-core CPU: the smallest input AlexNet
+# takes, no worker processes, small batches. Everything else is the real default configuration.
+SMALL_RUN = [
+    "trainer.accelerator=cpu",
+    f"model.num_classes={NUM_CLASSES}",
+    "transforms.resize=72",
+    "transforms.crop=67",
+    "data.batch_size=8",
+    "data.num_workers=0",
+    "data.pin_memory=false",
+    "trainer.log_every_n_steps=1",
+]
+
+
+@pytest.fixture(scope="session")
+def image_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An ImageNet-style folder of real JPEGs of varied sizes: 10 classes, 2 train + 1 val each."""
+    root = tmp_path_factory.mktemp("images") / "shapes"
+    generate_demo_dataset(root, train_per_class=2, val_per_class=1, min_side=60, max_side=120)
+    return root
+
+
+@pytest.fixture(scope="session")
+def larger_image_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Enough images for a few optimizer steps per epoch: 10 classes, 4 train + 2 val each."""
+    root = tmp_path_factory.mktemp("images") / "shapes"
+    generate_demo_dataset(root, train_per_class=4, val_per_class=2, min_side=60, max_side=120)
+    return root
+
+
+def run_train_cli(*overrides: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Runs `python -m alexnet_pl.train` as a user would, from `cwd`, and returns what it printed."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "1"}
+    env.pop("PL_GLOBAL_SEED", None)  # the tests' own seeding must not leak into the run
+    return subprocess.run(
+        [sys.executable, "-m", "alexnet_pl.train", *overrides],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture
+def compose_config(tmp_path: Path):
+    """Composes the real conf/ as `python -m alexnet_pl.train` would, with its run folder in tmp."""
+
+    def compose_with(*overrides: str) -> DictConfig:
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            cfg = compose("train", overrides=list(overrides), return_hydra_config=True)
+        HydraConfig.instance().set_config(cfg)  # resolves ${hydra:...} as inside @hydra.main
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(tmp_path)
+            del cfg.hydra
+        return cfg
+
+    yield compose_with
+    GlobalHydra.instance().clear()

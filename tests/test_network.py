@@ -1,0 +1,90 @@
+import pytest
+import torch
+from torch import nn
+
+from alexnet_pl.network import PAPER_INPUT_SIZE, SMALLEST_INPUT_SIZE, AlexNet
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_layer_output_shapes_at_227_follow_the_paper():
+    network = AlexNet(init="pytorch").eval()
+    x = torch.zeros(1, 3, PAPER_INPUT_SIZE, PAPER_INPUT_SIZE)
+    shapes = []
+    for layer in network.features:
+        x = layer(x)
+        if isinstance(layer, (nn.Conv2d, nn.MaxPool2d)):
+            shapes.append(tuple(x.shape[1:]))
+    assert shapes == [
+        (96, 55, 55),  # conv1
+        (96, 27, 27),  # pool1
+        (256, 27, 27),  # conv2
+        (256, 13, 13),  # pool2
+        (384, 13, 13),  # conv3
+        (384, 13, 13),  # conv4
+        (256, 13, 13),  # conv5
+        (256, 6, 6),  # pool5: 9216 values into the classifier
+    ]
+    with torch.no_grad():
+        assert network(torch.zeros(2, 3, 227, 227)).shape == (2, 1000)
+
+
+def test_one_tower_has_62_378_344_parameters():
+    assert count_parameters(AlexNet(num_classes=1000, groups=1)) == 62_378_344
+
+
+def test_two_towers_have_the_papers_60_965_224_parameters():
+    assert count_parameters(AlexNet(num_classes=1000, groups=2)) == 60_965_224
+
+
+def test_two_towers_keep_conv2_within_its_own_half():
+    network = AlexNet(groups=2, init="pytorch")
+    conv2 = network.features[4]
+    x = torch.randn(1, 96, 27, 27)
+    changed = x.clone()
+    changed[:, :48] += 1.0  # only the first tower's conv1 maps
+    with torch.no_grad():
+        difference = (conv2(changed) - conv2(x)).abs().sum(dim=(0, 2, 3))
+    assert (difference[:128] > 0).all()  # the first tower's conv2 sees the change
+    assert (difference[128:] == 0).all()  # the second tower's does not
+
+
+def test_smallest_input_is_67_pixels():
+    network = AlexNet(num_classes=10).eval()
+    with torch.no_grad():
+        assert network(torch.zeros(1, 3, SMALLEST_INPUT_SIZE, SMALLEST_INPUT_SIZE)).shape == (1, 10)
+        with pytest.raises(RuntimeError):
+            network(torch.zeros(1, 3, SMALLEST_INPUT_SIZE - 1, SMALLEST_INPUT_SIZE - 1))
+
+
+def test_paper_init_draws_weights_from_n_0_001_and_sets_biases_to_one_or_zero():
+    torch.manual_seed(0)
+    network = AlexNet(init="paper")
+    convs = [m for m in network.features if isinstance(m, nn.Conv2d)]
+    linears = [m for m in network.classifier if isinstance(m, nn.Linear)]
+    for layer in convs + linears:
+        assert layer.weight.mean().abs() < 2e-3
+        assert layer.weight.std().item() == pytest.approx(0.01, rel=0.05)
+    ones = [convs[1], convs[3], convs[4], linears[0], linears[1]]
+    zeros = [convs[0], convs[2], linears[2]]
+    assert all((layer.bias == 1).all() for layer in ones)
+    assert all((layer.bias == 0).all() for layer in zeros)
+
+
+def test_pytorch_init_keeps_torch_defaults():
+    torch.manual_seed(0)
+    conv1 = AlexNet(init="pytorch").features[0]
+    # Kaiming-uniform bound for 3*11*11 inputs is about 0.05: far wider than N(0, 0.01).
+    assert conv1.weight.abs().max() > 0.04
+    assert not (conv1.bias == 0).all()
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [({"groups": 3}, "model.groups=3"), ({"init": "xavier"}, "model.init='xavier'")],
+)
+def test_unsupported_options_are_named_in_the_error(arguments, message):
+    with pytest.raises(ValueError, match=message):
+        AlexNet(**arguments)

@@ -1,0 +1,45 @@
+"""train() in this process, on the real composed configuration."""
+
+import pytest
+import torch
+
+from alexnet_pl.train import train
+from tests.conftest import SMALL_RUN
+
+
+def test_fast_dev_run_in_process_trains_one_batch(compose_config, image_root):
+    cfg = compose_config(*SMALL_RUN, f"data.root={image_root}", "trainer.fast_dev_run=true")
+    trainer = train(cfg)
+    assert trainer.global_step == 1
+    assert {"train/loss", "val/loss", "val/top1", "val/top5"} <= set(trainer.callback_metrics)
+    assert isinstance(trainer.lightning_module.network, torch.nn.Module)
+
+
+def test_default_config_is_the_notebooks_recipe(compose_config):
+    cfg = compose_config()
+    assert cfg.optimizer._target_ == "torch.optim.Adam" and cfg.optimizer.lr == 1e-4
+    assert cfg.scheduler._target_ == "torch.optim.lr_scheduler.StepLR"
+    assert (cfg.scheduler.step_size, cfg.scheduler.gamma) == (30, 0.1)
+    assert (cfg.data.batch_size, cfg.transforms.crop, cfg.trainer.max_epochs) == (128, 227, 90)
+    assert cfg.data.root.endswith("alexnet_data_in/imagenet") or cfg.data.root
+
+
+def test_paper_experiment_switches_to_sgd_plateau_and_two_towers(compose_config):
+    cfg = compose_config("experiment=paper")
+    assert cfg.optimizer._target_ == "torch.optim.SGD"
+    assert (cfg.optimizer.lr, cfg.optimizer.momentum, cfg.optimizer.weight_decay) == (0.01, 0.9, 5e-4)
+    assert cfg.scheduler._target_ == "torch.optim.lr_scheduler.ReduceLROnPlateau"
+    assert cfg.scheduler.factor == 0.1
+    assert cfg.model.groups == 2
+
+
+def test_command_line_overrides_reach_the_objects(compose_config, image_root):
+    cfg = compose_config(
+        *SMALL_RUN, f"data.root={image_root}", "optimizer.lr=3e-4", "model.dropout=0.2",
+        "trainer.fast_dev_run=true",
+    )
+    trainer = train(cfg)
+    optimizer = trainer.optimizers[0]
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(3e-4)
+    assert optimizer.defaults["fused"] is True
+    assert trainer.lightning_module.network.classifier[0].p == 0.2
