@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 from torch.utils.data import DataLoader
 from torchvision.datasets import ImageFolder
 
@@ -65,10 +66,14 @@ class ImageFolderDataModule(pl.LightningDataModule):
         """
         for split in SPLITS:
             if not (self.root / split).is_dir():
-                raise FileNotFoundError(f"data.root={self.root} has no {split}/ folder; {LAYOUT_HINT}")
+                raise FileNotFoundError(
+                    f"data.root={self.root} has no {split}/ folder; {LAYOUT_HINT}"
+                )
         train_classes, val_classes = (list_classes(self.root / split) for split in SPLITS)
         if not train_classes:
-            raise FileNotFoundError(f"data.root={self.root}/train has no class folders; {LAYOUT_HINT}")
+            raise FileNotFoundError(
+                f"data.root={self.root}/train has no class folders; {LAYOUT_HINT}"
+            )
         if train_classes != val_classes:
             only_train = sorted(set(train_classes) - set(val_classes))
             only_val = sorted(set(val_classes) - set(train_classes))
@@ -94,7 +99,8 @@ class ImageFolderDataModule(pl.LightningDataModule):
             shuffle=train,  # Lightning swaps in a DistributedSampler under DDP, keeping this flag
             drop_last=self.drop_last and train,
             num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
+            # Pinning only helps copies to an accelerator; without one torch warns on every loader.
+            pin_memory=self.pin_memory and torch.accelerator.is_available(),
             persistent_workers=self.persistent_workers,
         )
 
@@ -115,5 +121,6 @@ class ImageFolderDataModule(pl.LightningDataModule):
                 f"the checkpoint was trained on classes that differ from those in "
                 f"data.root={self.root} (only in the checkpoint: "
                 f"{sorted(set(saved) - set(self.class_names)) or 'none'}; only in the folder: "
-                f"{sorted(set(self.class_names) - set(saved)) or 'none'}): resume on the same classes"
+                f"{sorted(set(self.class_names) - set(saved)) or 'none'}); resume on the same "
+                "classes"
             )

@@ -1,4 +1,4 @@
-"""The LightningModule: AlexNet, its loss and metrics, and the optimizer and LR schedule from config."""
+"""The LightningModule: AlexNet, its loss and metrics, its optimizer and LR schedule."""
 
 from collections.abc import Callable
 from typing import Any
@@ -50,7 +50,9 @@ class AlexNetModule(pl.LightningModule):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.network(images)
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
+    ) -> torch.Tensor:
         images, labels = batch
         logits = self.network(images)
         loss = self.loss(logits, labels)

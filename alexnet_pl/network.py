@@ -1,4 +1,4 @@
-"""AlexNet as in Krizhevsky, Sutskever & Hinton (2012), Figure 2: a plain nn.Module, no Lightning."""
+"""AlexNet as in Krizhevsky, Sutskever & Hinton (2012), Figure 2: a plain nn.Module."""
 
 from typing import Literal
 

@@ -18,7 +18,9 @@ class ConfigInCheckpoint(pl.Callback):
     def __init__(self, config: dict[str, Any]) -> None:
         self.config = config
 
-    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict
+    ) -> None:
         checkpoint["config"] = self.config
 
 
@@ -32,7 +34,9 @@ class FinalMetricsWriter(pl.Callback):
         if not trainer.is_global_zero:
             return
         logged = trainer.callback_metrics
-        metrics: dict[str, Any] = {name: float(logged[name]) for name in FINAL_METRICS if name in logged}
+        metrics: dict[str, Any] = {
+            name: float(logged[name]) for name in FINAL_METRICS if name in logged
+        }
         metrics.update(epochs_trained=trainer.current_epoch, global_step=trainer.global_step)
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         if best:

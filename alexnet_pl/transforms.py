@@ -31,7 +31,9 @@ class PCALighting(nn.Module):
     ) -> None:
         super().__init__()
         if std < 0:
-            raise ValueError(f"lighting std={std} must be >= 0 (the paper uses 0.1; 0 turns it off)")
+            raise ValueError(
+                f"lighting std={std} must be >= 0 (the paper uses 0.1; 0 turns it off)"
+            )
         self.std = std
         self.register_buffer("eigenvalues", torch.tensor(eigenvalues, dtype=torch.float32))
         self.register_buffer("eigenvectors", torch.tensor(eigenvectors, dtype=torch.float32))

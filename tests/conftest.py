@@ -48,7 +48,7 @@ def larger_image_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def run_train_cli(*overrides: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Runs `python -m alexnet_pl.train` as a user would, from `cwd`, and returns what it printed."""
+    """Runs `python -m alexnet_pl.train` as a user would, from `cwd`; returns what it printed."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "1"}
     env.pop("PL_GLOBAL_SEED", None)  # the tests' own seeding must not leak into the run
     return subprocess.run(

@@ -27,7 +27,11 @@ def test_default_config_is_the_notebooks_recipe(compose_config):
 def test_paper_experiment_switches_to_sgd_plateau_and_two_towers(compose_config):
     cfg = compose_config("experiment=paper")
     assert cfg.optimizer._target_ == "torch.optim.SGD"
-    assert (cfg.optimizer.lr, cfg.optimizer.momentum, cfg.optimizer.weight_decay) == (0.01, 0.9, 5e-4)
+    assert (cfg.optimizer.lr, cfg.optimizer.momentum, cfg.optimizer.weight_decay) == (
+        0.01,
+        0.9,
+        5e-4,
+    )
     assert cfg.scheduler._target_ == "torch.optim.lr_scheduler.ReduceLROnPlateau"
     assert cfg.scheduler.factor == 0.1
     assert cfg.model.groups == 2
@@ -35,7 +39,10 @@ def test_paper_experiment_switches_to_sgd_plateau_and_two_towers(compose_config)
 
 def test_command_line_overrides_reach_the_objects(compose_config, image_root):
     cfg = compose_config(
-        *SMALL_RUN, f"data.root={image_root}", "optimizer.lr=3e-4", "model.dropout=0.2",
+        *SMALL_RUN,
+        f"data.root={image_root}",
+        "optimizer.lr=3e-4",
+        "model.dropout=0.2",
         "trainer.fast_dev_run=true",
     )
     trainer = train(cfg)

@@ -11,7 +11,9 @@ from tests.conftest import SMALL_RUN, run_train_cli
 
 
 def assert_succeeded(result) -> None:
-    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
+    assert result.returncode == 0, (
+        f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
+    )
 
 
 def test_fast_dev_run_through_the_cli(image_root, tmp_path):
@@ -49,7 +51,9 @@ def test_paper_recipe_runs_a_real_227_pixel_batch_with_two_towers(image_root, tm
 
 def test_missing_data_root_stops_with_the_expected_layout_and_the_demo_hint(tmp_path):
     result = run_train_cli(
-        *SMALL_RUN, f"data.root={tmp_path / 'no-imagenet-here'}", f"hydra.run.dir={tmp_path / 'run'}",
+        *SMALL_RUN,
+        f"data.root={tmp_path / 'no-imagenet-here'}",
+        f"hydra.run.dir={tmp_path / 'run'}",
         cwd=tmp_path,
     )
     assert result.returncode != 0
@@ -65,7 +69,10 @@ def test_unknown_config_key_is_hydras_own_error(tmp_path):
 
 def test_num_classes_that_differs_from_the_folders_is_rejected(image_root, tmp_path):
     result = run_train_cli(
-        *SMALL_RUN, "model.num_classes=1000", f"data.root={image_root}", "trainer.fast_dev_run=true",
+        *SMALL_RUN,
+        "model.num_classes=1000",
+        f"data.root={image_root}",
+        "trainer.fast_dev_run=true",
         f"hydra.run.dir={tmp_path / 'run'}",
         cwd=tmp_path,
     )
@@ -75,7 +82,9 @@ def test_num_classes_that_differs_from_the_folders_is_rejected(image_root, tmp_p
 
 def test_resume_from_a_checkpoint_that_does_not_exist_is_rejected(image_root, tmp_path):
     result = run_train_cli(
-        *SMALL_RUN, f"data.root={image_root}", f"ckpt_path={tmp_path / 'missing.ckpt'}",
+        *SMALL_RUN,
+        f"data.root={image_root}",
+        f"ckpt_path={tmp_path / 'missing.ckpt'}",
         f"hydra.run.dir={tmp_path / 'run'}",
         cwd=tmp_path,
     )
@@ -95,7 +104,10 @@ def test_short_run_writes_metrics_and_checkpoints_then_resumes_at_the_next_epoch
 ):
     first = tmp_path / "first"
     result = run_train_cli(
-        *SMALL_RUN, f"data.root={larger_image_root}", "trainer.max_epochs=2", "seed=7",
+        *SMALL_RUN,
+        f"data.root={larger_image_root}",
+        "trainer.max_epochs=2",
+        "seed=7",
         f"hydra.run.dir={first}",
         cwd=tmp_path,
     )
@@ -124,12 +136,17 @@ def test_short_run_writes_metrics_and_checkpoints_then_resumes_at_the_next_epoch
 
     second = tmp_path / "second"
     result = run_train_cli(
-        *SMALL_RUN, f"data.root={larger_image_root}", "trainer.max_epochs=3", f"ckpt_path={last}",
+        *SMALL_RUN,
+        f"data.root={larger_image_root}",
+        "trainer.max_epochs=3",
+        f"ckpt_path={last}",
         f"hydra.run.dir={second}",
         cwd=tmp_path,
     )
     assert_succeeded(result)
-    resumed = torch.load(second / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    resumed = torch.load(
+        second / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False
+    )
     assert resumed["epoch"] == 2 and resumed["global_step"] == 15  # one more epoch, not three
     assert resumed["lr_schedulers"][0]["last_epoch"] == 3
     assert json.loads((second / "metrics.json").read_text())["epochs_trained"] == 3
@@ -138,7 +155,10 @@ def test_short_run_writes_metrics_and_checkpoints_then_resumes_at_the_next_epoch
 @pytest.mark.slow
 def test_unset_seed_is_drawn_and_recorded(image_root, tmp_path):
     result = run_train_cli(
-        *SMALL_RUN, f"data.root={image_root}", "trainer.max_epochs=1", f"hydra.run.dir={tmp_path}",
+        *SMALL_RUN,
+        f"data.root={image_root}",
+        "trainer.max_epochs=1",
+        f"hydra.run.dir={tmp_path}",
         cwd=tmp_path,
     )
     assert_succeeded(result)

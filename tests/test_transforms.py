@@ -20,7 +20,7 @@ def test_paper_train_transform_gives_a_normalised_227_crop_of_any_image(size):
     image = transform(noise_image(*size))
     assert image.shape == (3, 227, 227)
     assert image.dtype == torch.float32
-    # Normalised 0..1 pixels lie within (0 - mean) / std .. (1 - mean) / std, plus a small lighting shift.
+    # Normalised pixels lie in (0 - mean) / std .. (1 - mean) / std, plus a small lighting shift.
     assert image.min() > -2.5 and image.max() < 3.0
     assert image.mean().abs() < 0.5
 
@@ -59,7 +59,9 @@ def test_pca_lighting_with_zero_std_is_the_identity():
 
 
 def test_crop_larger_than_resize_is_rejected_with_both_numbers():
-    with pytest.raises(ValueError, match="crop size 300 is larger than the resized shorter side 256"):
+    with pytest.raises(
+        ValueError, match="crop size 300 is larger than the resized shorter side 256"
+    ):
         paper_train_transform(resize=256, crop=300, lighting_std=0.1, mean=MEAN, std=STD)
     with pytest.raises(ValueError, match="crop size 300"):
         center_crop_transform(resize=256, crop=300, mean=MEAN, std=STD)
