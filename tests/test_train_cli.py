@@ -120,7 +120,7 @@ def test_short_run_writes_metrics_and_checkpoints_then_resumes_at_the_next_epoch
     assert metrics["global_step"] == 2 * (40 // 8)  # 40 train images, batch 8, two epochs
 
     last = first / "checkpoints" / "last.ckpt"
-    best = list((first / "checkpoints").glob("best-epoch*-top1*.ckpt"))
+    best = list((first / "checkpoints").glob("best-epoch*-val_top1=*.ckpt"))
     assert last.is_file() and len(best) == 1
     assert Path(metrics["best_checkpoint"]) == best[0]
     checkpoint = torch.load(last, map_location="cpu", weights_only=False)
