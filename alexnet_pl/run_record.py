@@ -1,5 +1,5 @@
-"""Callbacks that leave a run's record behind: its configuration in every checkpoint, and the final
-validation metrics as JSON for scripts."""
+"""Callbacks that leave a run's record behind: its configuration and class names in every
+checkpoint, and the final validation metrics as JSON for scripts."""
 
 import json
 import os
@@ -11,9 +11,10 @@ import pytorch_lightning as pl
 FINAL_METRICS = ("val/loss", "val/top1", "val/top5")
 
 
-class ConfigInCheckpoint(pl.Callback):
-    """Stores the resolved run configuration (seed included) under checkpoint["config"], so that a
-    checkpoint alone says how to rebuild its model, its data transforms and its run."""
+class RunInfoInCheckpoint(pl.Callback):
+    """Stores the resolved run configuration (seed included) under checkpoint["config"] and the
+    class names under checkpoint["class_names"], so that a checkpoint alone says how to rebuild its
+    model and data transforms and what its outputs mean."""
 
     def __init__(self, config: dict[str, Any]) -> None:
         self.config = config
@@ -22,6 +23,7 @@ class ConfigInCheckpoint(pl.Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict
     ) -> None:
         checkpoint["config"] = self.config
+        checkpoint["class_names"] = list(getattr(trainer.datamodule, "class_names", []))
 
 
 class FinalMetricsWriter(pl.Callback):
@@ -38,9 +40,9 @@ class FinalMetricsWriter(pl.Callback):
             name: float(logged[name]) for name in FINAL_METRICS if name in logged
         }
         metrics.update(epochs_trained=trainer.current_epoch, global_step=trainer.global_step)
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        if best:
-            metrics["best_checkpoint"] = best
+        for checkpoint in trainer.checkpoint_callbacks:
+            if checkpoint.monitor and checkpoint.best_model_path:
+                metrics["best_checkpoint"] = checkpoint.best_model_path
         self.path.parent.mkdir(parents=True, exist_ok=True)
         partial = self.path.with_suffix(".json.partial")
         partial.write_text(json.dumps(metrics, indent=2) + "\n")

@@ -15,7 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from alexnet_pl.module import AlexNetModule
-from alexnet_pl.run_record import ConfigInCheckpoint
+from alexnet_pl.run_record import RunInfoInCheckpoint
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def train(cfg: DictConfig) -> pl.Trainer:
         scheduler_monitor=cfg.scheduler_monitor,
     )
     callbacks = [instantiate(callback) for callback in cfg.callbacks.values()]
-    callbacks.append(ConfigInCheckpoint(run_config))
+    callbacks.append(RunInfoInCheckpoint(run_config))
     loggers = [instantiate(logger) for logger in cfg.logger.values()]
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
 
