@@ -43,7 +43,12 @@ class FinalMetricsWriter(pl.Callback):
         for checkpoint in trainer.checkpoint_callbacks:
             if checkpoint.monitor and checkpoint.best_model_path:
                 metrics["best_checkpoint"] = checkpoint.best_model_path
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        partial = self.path.with_suffix(".json.partial")
-        partial.write_text(json.dumps(metrics, indent=2) + "\n")
-        os.replace(partial, self.path)  # readers never see a half-written file
+        write_json_atomically(self.path, metrics)
+
+
+def write_json_atomically(path: Path, data: dict[str, Any]) -> None:
+    """Writes a temporary file, then renames it: readers never see a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".json.partial")
+    partial.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(partial, path)

@@ -91,3 +91,32 @@ def center_crop_transform(
     return v2.Compose(
         [*geometry, v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
     )
+
+
+def ten_crop_transform(
+    resize: int | None, crop: int, mean: Sequence[float], std: Sequence[float]
+) -> v2.Compose:
+    """The paper's test view (section 4.1): the four corner and the centre `crop` squares and their
+    mirrors, as one tensor of shape (10, 3, crop, crop). View 4 is the plain centre crop."""
+    geometry: list[nn.Module] = []
+    if resize is not None:
+        _check_crop_fits(resize, crop)
+        geometry.append(v2.Resize(resize, antialias=True))
+    else:
+        # The notebook's models saw the centre crop of the image as stored; all ten views come
+        # from that square (so the corner crops coincide with it).
+        geometry.append(v2.CenterCrop(crop))
+    return v2.Compose(
+        [
+            *geometry,
+            v2.TenCrop(crop),
+            v2.ToImage(),  # v2 transforms apply to each image of the tuple TenCrop returns
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(mean, std),
+            stack_views,
+        ]
+    )
+
+
+def stack_views(views: Sequence[torch.Tensor]) -> torch.Tensor:
+    return torch.stack([torch.as_tensor(view) for view in views])

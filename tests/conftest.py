@@ -77,3 +77,19 @@ def compose_config(tmp_path: Path):
 
     yield compose_with
     GlobalHydra.instance().clear()
+
+
+@pytest.fixture(scope="session")
+def trained_run(larger_image_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The run folder of one real training epoch on the larger folder: checkpoints, metrics."""
+    run_dir = tmp_path_factory.mktemp("trained") / "run"
+    result = run_train_cli(
+        *SMALL_RUN,
+        f"data.root={larger_image_root}",
+        "trainer.max_epochs=1",
+        "seed=1",
+        f"hydra.run.dir={run_dir}",
+        cwd=run_dir.parent,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return run_dir

@@ -1,0 +1,148 @@
+"""Measure a checkpoint the way the paper did: `python -m alexnet_pl.evaluate ckpt_path=<ckpt>`.
+
+Reports top-1/top-5 accuracy and error, loss and the image count for the single centre crop and for
+the paper's 10-crop test (four corners and the centre, each with its mirror; softmax averaged).
+Everything about the model and its preprocessing comes from the checkpoint.
+"""
+
+import logging
+from pathlib import Path
+
+import hydra
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from torch import nn
+from torch.utils.data import DataLoader, Sampler
+from torchmetrics import MeanMetric, SumMetric
+from torchmetrics.classification import MulticlassAccuracy
+from torchvision.datasets import ImageFolder
+
+from alexnet_pl.checkpoint import TrainedModel, load_trained_model
+from alexnet_pl.datamodule import list_classes
+from alexnet_pl.run_record import write_json_atomically
+from alexnet_pl.transforms import ten_crop_transform
+
+log = logging.getLogger(__name__)
+CENTRE_VIEW = 4  # TenCrop's order: four corners, centre, then the same five mirrored
+VIEWS = ("center_crop", "ten_crop")
+
+
+class ShardSampler(Sampler[int]):
+    """Every rank takes every world_size-th image, with no padding: unlike DistributedSampler, each
+    image is counted exactly once when the ranks' metrics are summed."""
+
+    def __init__(self, length: int, rank: int, world_size: int) -> None:
+        self.indices = range(rank, length, world_size)
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+class TenCropEvaluation(pl.LightningModule):
+    def __init__(self, network: nn.Module, num_classes: int) -> None:
+        super().__init__()
+        self.network = network
+        top5 = min(5, num_classes)
+        self.top1 = nn.ModuleDict(
+            {view: MulticlassAccuracy(num_classes, top_k=1, average="micro") for view in VIEWS}
+        )
+        self.top5 = nn.ModuleDict(
+            {view: MulticlassAccuracy(num_classes, top_k=top5, average="micro") for view in VIEWS}
+        )
+        self.loss = nn.ModuleDict({view: MeanMetric() for view in VIEWS})
+        self.images = SumMetric()
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        views, labels = batch  # views: (batch, 10, 3, H, W)
+        logits = self.network(views.flatten(0, 1)).unflatten(0, views.shape[:2])
+        probabilities = {
+            "center_crop": logits[:, CENTRE_VIEW].softmax(dim=1),
+            "ten_crop": logits.softmax(dim=2).mean(dim=1),  # the paper averages the softmax
+        }
+        for view, probs in probabilities.items():
+            self.top1[view].update(probs, labels)
+            self.top5[view].update(probs, labels)
+            loss = nn.functional.nll_loss(probs.clamp_min(1e-12).log(), labels)
+            self.loss[view].update(loss, weight=labels.numel())
+        self.images.update(labels.numel())
+
+    def on_test_epoch_end(self) -> None:
+        # compute() sums the counts of all processes, so it must run while they are all still here.
+        self.results = self._compute()
+
+    def _compute(self) -> dict:
+        results: dict = {"images": int(self.images.compute())}
+        for view in VIEWS:
+            top1, top5 = float(self.top1[view].compute()), float(self.top5[view].compute())
+            results[view] = {
+                "top1": top1,
+                "top5": top5,
+                "top1_error": 1 - top1,
+                "top5_error": 1 - top5,
+                "loss": float(self.loss[view].compute()),
+            }
+        return results
+
+
+def validation_images(model: TrainedModel, root: Path) -> ImageFolder:
+    val_dir = root / "val"
+    if not val_dir.is_dir():
+        raise FileNotFoundError(f"data.root={root} has no val/ folder (expected val/<class>/*)")
+    found = list_classes(val_dir)
+    if found != model.class_names:
+        raise ValueError(
+            f"the classes in {val_dir} differ from those the checkpoint was trained on: only in "
+            f"the folder: {sorted(set(found) - set(model.class_names)) or 'none'}; only in the "
+            f"checkpoint: {sorted(set(model.class_names) - set(found)) or 'none'}"
+        )
+    transform = ten_crop_transform(model.resize, model.crop, model.mean, model.std)
+    return ImageFolder(str(val_dir), transform=transform)
+
+
+def format_table(results: dict) -> str:
+    rows = [f"{'':<12} {'top-1':>7} {'top-5':>7} {'top-1 err':>10} {'top-5 err':>10} {'loss':>7}"]
+    for view in VIEWS:
+        r = results[view]
+        rows.append(
+            f"{view:<12} {r['top1']:>7.2%} {r['top5']:>7.2%} {r['top1_error']:>10.2%} "
+            f"{r['top5_error']:>10.2%} {r['loss']:>7.4f}"
+        )
+    rows.append(f"{results['images']} images")
+    return "\n".join(rows)
+
+
+def evaluate(cfg: DictConfig) -> dict:
+    model = load_trained_model(cfg.ckpt_path)
+    root = Path(cfg.data.root or model.config["data"]["root"]).expanduser()
+    dataset = validation_images(model, root)
+    trainer: pl.Trainer = instantiate(cfg.trainer)
+    loader = DataLoader(
+        dataset,
+        batch_size=cfg.data.batch_size,
+        sampler=ShardSampler(len(dataset), trainer.global_rank, trainer.world_size),
+        num_workers=cfg.data.num_workers,
+        pin_memory=torch.accelerator.is_available(),
+    )
+    evaluation = TenCropEvaluation(model.network, num_classes=len(model.class_names))
+    trainer.test(evaluation, dataloaders=loader, verbose=False)
+    results = {"checkpoint": str(cfg.ckpt_path), "data_root": str(root), **evaluation.results}
+    if trainer.is_global_zero:
+        output = Path(cfg.paths.output_dir) / "metrics.json"
+        write_json_atomically(output, results)
+        print(format_table(results))  # the command's answer, so stdout rather than the log
+        log.info("results in %s", output)
+    return results
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
+def main(cfg: DictConfig) -> None:
+    evaluate(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""`python -m alexnet_pl.evaluate`: centre crop and the paper's 10-crop test, from a checkpoint."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from alexnet_pl.evaluate import ShardSampler
+
+
+def run_evaluate(*overrides: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "alexnet_pl.evaluate", "data.num_workers=0", *overrides],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_shards_cover_every_image_exactly_once():
+    shards = [list(ShardSampler(19, rank, 4)) for rank in range(4)]
+    assert sorted(i for shard in shards for i in shard) == list(range(19))
+
+
+@pytest.mark.slow
+def test_centre_crop_matches_what_training_logged_and_ten_crop_is_reported(trained_run, tmp_path):
+    result = run_evaluate(
+        f"ckpt_path={trained_run / 'checkpoints' / 'last.ckpt'}",
+        f"hydra.run.dir={tmp_path}",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    measured = json.loads((tmp_path / "metrics.json").read_text())
+    logged = json.loads((trained_run / "metrics.json").read_text())
+    assert measured["images"] == 20  # data.root came from the checkpoint: 10 classes x 2
+    centre = measured["center_crop"]
+    assert centre["top1"] == pytest.approx(logged["val/top1"], abs=1e-6)
+    assert centre["top5"] == pytest.approx(logged["val/top5"], abs=1e-6)
+    assert centre["loss"] == pytest.approx(logged["val/loss"], rel=1e-4)
+    ten = measured["ten_crop"]
+    assert 0 <= ten["top1"] <= 1 and ten["top1_error"] == pytest.approx(1 - ten["top1"])
+    assert "ten_crop" in result.stdout and "20 images" in result.stdout
+
+
+@pytest.mark.slow
+def test_two_processes_count_an_odd_number_of_images_once(trained_run, larger_image_root, tmp_path):
+    root = Path(shutil.copytree(larger_image_root, tmp_path / "data"))
+    next((root / "val" / "star").iterdir()).unlink()  # 19 images: a padding sampler would count 20
+    result = run_evaluate(
+        f"ckpt_path={trained_run / 'checkpoints' / 'last.ckpt'}",
+        f"data.root={root}",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "trainer.strategy=ddp",
+        f"hydra.run.dir={tmp_path / 'eval'}",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["images"] == 19
+
+
+def test_validation_classes_that_differ_from_the_checkpoint_are_named(
+    trained_run, larger_image_root, tmp_path
+):
+    root = Path(shutil.copytree(larger_image_root, tmp_path / "data"))
+    (root / "val" / "star").rename(root / "val" / "moon")
+    result = run_evaluate(
+        f"ckpt_path={trained_run / 'checkpoints' / 'last.ckpt'}",
+        f"data.root={root}",
+        f"hydra.run.dir={tmp_path / 'eval'}",
+        cwd=tmp_path,
+    )
+    assert result.returncode != 0
+    assert "only in the folder: ['moon']; only in the checkpoint: ['star']" in result.stderr
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", None])
+def test_a_file_that_is_not_a_training_checkpoint_is_named(tmp_path, content):
+    bad = tmp_path / "model.ckpt"
+    if content is None:
+        torch.save({"state_dict": {}}, bad)  # a torch file, but not one of ours
+    else:
+        bad.write_bytes(content)
+    result = run_evaluate(f"ckpt_path={bad}", f"hydra.run.dir={tmp_path / 'eval'}", cwd=tmp_path)
+    assert result.returncode != 0
+    assert f"checkpoint {bad}" in result.stderr
