@@ -1,5 +1,6 @@
 """The ImageNet-style folder (root/train/<class>/*, root/val/<class>/*) as a LightningDataModule."""
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -7,8 +8,10 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
-from torchvision.datasets import ImageFolder
 
+from alexnet_pl.bad_images import BadImageReport, CheckedImageFolder, collate_skipping_bad
+
+log = logging.getLogger(__name__)
 SPLITS = ("train", "val")
 LAYOUT_HINT = (
     "expected root/train/<class>/*.JPEG and root/val/<class>/*.JPEG (the torchvision ImageFolder "
@@ -43,6 +46,8 @@ class ImageFolderDataModule(pl.LightningDataModule):
         pin_memory: bool = True,
         persistent_workers: bool = True,
         drop_last: bool = True,
+        strict: bool = False,
+        bad_file_report: str | None = None,
     ) -> None:
         super().__init__()
         self.root = Path(root).expanduser()
@@ -54,9 +59,12 @@ class ImageFolderDataModule(pl.LightningDataModule):
         self.persistent_workers = persistent_workers and num_workers > 0  # torch refuses it with 0
         self.batch_size_per_device = batch_size
         self.drop_last = drop_last
+        self.strict = strict
+        self.bad_file_report = bad_file_report
+        self.bad_images = BadImageReport(None)
         self.class_names: list[str] = []
-        self.train_set: ImageFolder | None = None
-        self.val_set: ImageFolder | None = None
+        self.train_set: CheckedImageFolder | None = None
+        self.val_set: CheckedImageFolder | None = None
 
     def read_class_names(self) -> list[str]:
         """The classes of the folder, checked to be the same in train/ and val/.
@@ -89,10 +97,45 @@ class ImageFolderDataModule(pl.LightningDataModule):
         self.class_names = self.read_class_names()
         world_size = self.trainer.world_size if self.trainer is not None else 1
         self.batch_size_per_device = per_device_batch_size(self.batch_size, world_size)
-        self.train_set = ImageFolder(str(self.root / "train"), transform=self.train_transform)
-        self.val_set = ImageFolder(str(self.root / "val"), transform=self.val_transform)
+        self.train_set = CheckedImageFolder(
+            str(self.root / "train"), self.train_transform, self.strict
+        )
+        self.val_set = CheckedImageFolder(str(self.root / "val"), self.val_transform, self.strict)
+        for split, dataset in zip(SPLITS, (self.train_set, self.val_set), strict=True):
+            counts = [0] * len(dataset.classes)
+            for label in dataset.targets:
+                counts[label] += 1
+            empty = [name for name, count in zip(dataset.classes, counts, strict=True) if not count]
+            if empty:
+                log.warning(
+                    "%s/%s: %d class folders hold no images: %s",
+                    self.root,
+                    split,
+                    len(empty),
+                    empty,
+                )
+        rank = self.trainer.global_rank if self.trainer is not None else 0
+        if self.bad_file_report is not None:
+            report = Path(self.bad_file_report)
+            # One report per process: under DDP every rank reads its own share of the files.
+            self.bad_images = BadImageReport(
+                report if rank == 0 else report.with_suffix(f".rank{rank}.tsv")
+            )
 
-    def _loader(self, dataset: ImageFolder, train: bool) -> DataLoader:
+    def on_before_batch_transfer(self, batch: tuple, dataloader_idx: int) -> tuple:
+        images, labels, bad = batch
+        self.bad_images.add(bad)
+        return images, labels
+
+    def teardown(self, stage: str) -> None:
+        if len(self.bad_images):
+            log.warning(
+                "%d images could not be decoded and were skipped; their paths are in %s",
+                len(self.bad_images),
+                self.bad_images.path or "the log above",
+            )
+
+    def _loader(self, dataset: CheckedImageFolder, train: bool) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=self.batch_size_per_device,
@@ -102,6 +145,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
             # Pinning only helps copies to an accelerator; without one torch warns on every loader.
             pin_memory=self.pin_memory and torch.accelerator.is_available(),
             persistent_workers=self.persistent_workers,
+            collate_fn=collate_skipping_bad,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -63,6 +63,8 @@ class AlexNetModule(pl.LightningModule):
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         images, labels = batch
+        if images is None:
+            return
         logits = self.network(images)
         # Weighted by batch size, so a short last batch counts for what it holds.
         self.val_loss(self.loss(logits, labels), weight=labels.numel())

@@ -1,0 +1,95 @@
+"""Real image folders hold files that cannot be decoded (truncated downloads, zero-byte files,
+broken symlinks). One such file must not end a week-long run in epoch 40, and must not vanish
+silently either: it is skipped, counted, named in a report and a warning, or, with strict=True,
+stops the run at once with its path."""
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+from torch.utils.data import default_collate
+from torchvision.datasets import ImageFolder
+
+log = logging.getLogger(__name__)
+
+# What PIL and the filesystem raise for a file that is not a whole, readable image. SyntaxError is
+# PIL's own for some damaged PNG and GIF headers.
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+class BadImageError(RuntimeError):
+    """An image that cannot be decoded, with data.strict=true."""
+
+
+@dataclass(frozen=True)
+class BadImage:
+    """What a dataset returns in place of a sample it could not decode."""
+
+    path: str
+    error: str
+
+
+def load_rgb(path: str) -> Image.Image:
+    """Decodes the whole file now (a truncated JPEG fails here, not later) and converts greyscale,
+    CMYK, palette and RGBA images to RGB. PIL reads the format from the content, so a PNG saved
+    with a .JPEG name (ImageNet has some) loads too."""
+    with open(path, "rb") as file, Image.open(file) as image:
+        return image.convert("RGB")
+
+
+class CheckedImageFolder(ImageFolder):
+    """torchvision's ImageFolder, returning a BadImage for a file it cannot decode."""
+
+    def __init__(self, root: str, transform: Callable, strict: bool = False) -> None:
+        # allow_empty: a class folder without images is reported by the DataModule, not fatal.
+        super().__init__(root, transform=transform, loader=load_rgb, allow_empty=True)
+        self.strict = strict
+
+    def __getitem__(self, index: int) -> Any:
+        path, label = self.samples[index]
+        try:
+            image = self.loader(path)
+        except DECODE_ERRORS as error:
+            if self.strict:
+                raise BadImageError(
+                    f"cannot decode {path}: {error} (data.strict=true stops at the first bad "
+                    "file; data.strict=false skips such files and lists them in bad_files.tsv)"
+                ) from error
+            return BadImage(path, f"{type(error).__name__}: {error}")
+        return self.transform(image), label
+
+
+def collate_skipping_bad(samples: list) -> tuple:
+    """default_collate over the good samples; the bad ones travel along as a third element, so the
+    main process can count and report them (workers are separate processes)."""
+    good = [sample for sample in samples if not isinstance(sample, BadImage)]
+    bad = [sample for sample in samples if isinstance(sample, BadImage)]
+    if not good:
+        return None, None, bad
+    images, labels = default_collate(good)
+    return images, labels, bad
+
+
+class BadImageReport:
+    """Counts the skipped files and writes each one once to a tab-separated report."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.seen: dict[str, str] = {}
+
+    def add(self, bad_images: list[BadImage]) -> None:
+        for bad in bad_images:
+            if bad.path in self.seen:
+                continue
+            self.seen[bad.path] = bad.error
+            log.warning("skipped an image that cannot be decoded: %s (%s)", bad.path, bad.error)
+            if self.path is not None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                with self.path.open("a") as report:  # appended at once: survives a crash
+                    report.write(f"{bad.path}\t{bad.error}\n")
+
+    def __len__(self) -> int:
+        return len(self.seen)

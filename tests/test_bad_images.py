@@ -1,0 +1,120 @@
+"""Bad files in real data: the odd ones load, the broken ones are skipped, counted and named."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from alexnet_pl.bad_images import BadImage, CheckedImageFolder, collate_skipping_bad
+from alexnet_pl.transforms import center_crop_transform
+from tests.conftest import SMALL_RUN, run_train_cli
+
+BROKEN = {"truncated.JPEG", "zero_bytes.JPEG", "broken_link.JPEG"}
+ODD_BUT_FINE = {"png_inside.JPEG", "cmyk.JPEG", "grey.JPEG", "tiny.JPEG"}
+
+
+@pytest.fixture
+def messy_root(image_root: Path, tmp_path: Path) -> Path:
+    """The small shapes folder plus the files real ImageNet copies and user folders contain."""
+    root = Path(shutil.copytree(image_root, tmp_path / "messy"))
+    folder = root / "train" / "star"
+    with Image.open(next(folder.iterdir())) as image:
+        image.save(folder / "png_inside.JPEG", format="PNG")  # ImageNet has a few of these
+        image.convert("CMYK").save(folder / "cmyk.JPEG")
+        image.convert("L").save(folder / "grey.JPEG")
+        image.resize((10, 8)).save(folder / "tiny.JPEG")  # far smaller than the crop
+        image.save(folder / "whole.JPEG")
+    (folder / "truncated.JPEG").write_bytes((folder / "whole.JPEG").read_bytes()[:400])
+    (folder / "zero_bytes.JPEG").write_bytes(b"")
+    os.symlink(tmp_path / "gone.JPEG", folder / "broken_link.JPEG")
+    (folder / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    (folder / "notes.txt").write_text("not an image")
+    for split in ("train", "val"):
+        (root / split / "zz_empty_class").mkdir()
+    return root
+
+
+def test_odd_files_load_and_broken_ones_become_bad_images(messy_root):
+    transform = center_crop_transform(resize=72, crop=67, mean=[0.5] * 3, std=[0.5] * 3)
+    dataset = CheckedImageFolder(str(messy_root / "train"), transform)
+    results = {Path(path).name: dataset[i] for i, (path, _) in enumerate(dataset.samples)}
+    assert {name for name, item in results.items() if isinstance(item, BadImage)} == BROKEN
+    for name in ODD_BUT_FINE:
+        image, label = results[name]
+        assert image.shape == (3, 67, 67) and dataset.classes[label] == "star"
+    assert ".DS_Store" not in results and "notes.txt" not in results  # not images by extension
+
+
+def test_batches_drop_bad_images_and_carry_them_along():
+    good = (torch.zeros(3, 4, 4), 1)
+    images, labels, bad = collate_skipping_bad([good, BadImage("x.JPEG", "OSError"), good])
+    assert images.shape == (2, 3, 4, 4) and labels.tolist() == [1, 1]
+    assert bad == [BadImage("x.JPEG", "OSError")]
+    assert collate_skipping_bad([BadImage("x.JPEG", "OSError")])[:2] == (None, None)
+
+
+@pytest.mark.slow
+def test_training_skips_broken_files_in_a_worker_and_reports_each_once(messy_root, tmp_path):
+    run_dir = tmp_path / "run"
+    result = run_train_cli(
+        *SMALL_RUN,
+        "model.num_classes=11",  # the ten shapes and the empty class
+        f"data.root={messy_root}",
+        "data.num_workers=1",  # a real worker process decodes the files
+        "trainer.max_epochs=2",
+        f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    lines = (run_dir / "bad_files.tsv").read_text().splitlines()
+    assert {Path(line.split("\t")[0]).name for line in lines} == BROKEN
+    assert len(lines) == 3  # two epochs, but each file reported once
+    log = (run_dir / "train.log").read_text()
+    assert "skipped an image that cannot be decoded" in log
+    assert "3 images could not be decoded and were skipped" in log
+    assert "1 class folders hold no images: ['zz_empty_class']" in log
+
+
+def test_strict_mode_stops_at_the_first_broken_file_with_its_path(messy_root, tmp_path):
+    result = run_train_cli(
+        *SMALL_RUN,
+        "model.num_classes=11",
+        f"data.root={messy_root}",
+        "data.strict=true",
+        "data.batch_size=64",  # every training file in the first batch ...
+        "data.drop_last=false",  # ... which is then not dropped for being short
+        "trainer.fast_dev_run=true",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        cwd=tmp_path,
+    )
+    assert result.returncode != 0
+    assert "BadImageError: cannot decode" in result.stderr
+    assert any(f"star/{name}" in result.stderr for name in BROKEN)
+
+
+def test_scan_lists_every_broken_file_up_front(messy_root, tmp_path):
+    report = tmp_path / "bad.tsv"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "alexnet_pl.scan",
+            str(messy_root),
+            "--workers",
+            "2",
+            "--report",
+            str(report),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert {Path(line.split("\t")[0]).name for line in result.stdout.splitlines()} == BROKEN
+    assert len(report.read_text().splitlines()) == 3
+    assert "cannot be decoded" in result.stderr
