@@ -85,9 +85,10 @@ class Throughput(pl.Callback):
             return
         self.window_images += len(images_of(batch)) * trainer.world_size
         step = trainer.global_step
+        every = trainer.log_every_n_steps  # 0 turns Lightning's logging off, and this with it
         # Compared with the last logged step because with gradient accumulation several batches
         # end at the same global step.
-        if step % trainer.log_every_n_steps == 0 and step > self.logged_step:
+        if every and step % every == 0 and step > self.logged_step:
             rate = self.window_images / (now - self.window_start)
             writer.add_scalar("train/images_per_second", rate, step)
             self.window_start, self.window_images, self.logged_step = now, 0, step
@@ -187,9 +188,7 @@ class InputSamples(pl.Callback):
     """inputs/train: the first `count` images of the run's first training batch, as the network
     sees them after augmentation, de-normalised with the DataModule's mean and std."""
 
-    def __init__(
-        self, mean: Sequence[float], std: Sequence[float], count: int = 16
-    ) -> None:
+    def __init__(self, mean: Sequence[float], std: Sequence[float], count: int = 16) -> None:
         # list(): Hydra hands over ListConfig, which torch.tensor does not take.
         self.mean = torch.tensor(list(mean)).view(-1, 1, 1)
         self.std = torch.tensor(list(std)).view(-1, 1, 1)
@@ -229,9 +228,9 @@ class HParamsWithMetrics(pl.Callback):
     in TensorBoard's HParams tab, so that runs can be compared in one table.
 
     Written once at the end because the tab shows only the metrics named in the one hparams
-    summary (conf/logger sets default_hp_metric: false, so the start of the run writes none). The
-    logger also logs the metrics again as scalars; at the last global step, where validation
-    already logged them, so the charts gain no extra point.
+    summary (conf/logger sets default_hp_metric: false, so the start of the run writes none).
+    The logger also logs the metrics again as scalars: at global_step - 1, the step Lightning gave
+    the last end-of-epoch validation, so the charts gain no point of their own.
     """
 
     def __init__(self, config: Mapping[str, Any]) -> None:
@@ -244,4 +243,5 @@ class HParamsWithMetrics(pl.Callback):
         logged = trainer.callback_metrics
         metrics = {name: float(logged[name]) for name in FINAL_METRICS if name in logged}
         if metrics:
-            logger.log_hyperparams(self.hyperparameters, metrics, step=trainer.global_step)
+            step = max(trainer.global_step - 1, 0)
+            logger.log_hyperparams(self.hyperparameters, metrics, step=step)

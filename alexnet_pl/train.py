@@ -7,14 +7,18 @@ same command again for every other local rank, pointed at the same Hydra run fol
 import logging
 import os
 import random
+import signal
 from pathlib import Path
 
 import hydra
 import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from alexnet_pl import preflight
 from alexnet_pl.module import AlexNetModule
+from alexnet_pl.monitoring import HParamsWithMetrics
 from alexnet_pl.run_record import RunInfoInCheckpoint
 
 log = logging.getLogger(__name__)
@@ -31,17 +35,12 @@ def choose_seed(seed: int | None) -> int:
     return pl.seed_everything(seed, workers=True)
 
 
-def check_resume_checkpoint(ckpt_path: str | None) -> None:
-    if ckpt_path is not None and not Path(ckpt_path).is_file():
-        raise FileNotFoundError(
-            f"ckpt_path={ckpt_path} is not a file; point it at a checkpoint such as "
-            "outputs/<date>/<time>/checkpoints/last.ckpt"
-        )
-
-
 def train(cfg: DictConfig) -> pl.Trainer:
     cfg.seed = choose_seed(cfg.seed)
-    check_resume_checkpoint(cfg.ckpt_path)
+    preflight.check_learning_rate(cfg.optimizer)
+    cfg.ckpt_path = preflight.resolve_resume_path(cfg.ckpt_path)
+    if cfg.ckpt_path is not None:
+        preflight.check_checkpoint_fits_model(cfg.ckpt_path, cfg.model)
     run_config = OmegaConf.to_container(cfg, resolve=True)
 
     datamodule = instantiate(cfg.data)
@@ -52,19 +51,23 @@ def train(cfg: DictConfig) -> pl.Trainer:
         scheduler_monitor=cfg.scheduler_monitor,
     )
     callbacks = [instantiate(callback) for callback in cfg.callbacks.values()]
-    callbacks.append(RunInfoInCheckpoint(run_config))
+    callbacks += [RunInfoInCheckpoint(run_config), HParamsWithMetrics(run_config)]
     loggers = [instantiate(logger) for logger in cfg.logger.values()]
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+    preflight.check_global_batch(cfg.data.batch_size, trainer.world_size)  # before DDP launches
 
     is_rank_zero = trainer.is_global_zero
     if is_rank_zero:
         # The resolved config, with the seed actually used (Hydra's .hydra/config.yaml has null).
         OmegaConf.save(cfg, Path(cfg.paths.output_dir) / "config.yaml", resolve=True)
         log.info("run folder: %s (seed %d)", cfg.paths.output_dir, cfg.seed)
-        for logger in trainer.loggers:
-            logger.log_hyperparams(run_config)
 
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    except SIGTERMException as interrupted:
+        # Lightning's SIGTERMException exits with status 0; a job scheduler must see that the run
+        # was interrupted (last.ckpt was written by safeguards.CheckpointOnSigterm).
+        raise SystemExit(128 + signal.SIGTERM) from interrupted
     return trainer
 
 

@@ -90,7 +90,7 @@ def test_resume_from_a_checkpoint_that_does_not_exist_is_rejected(image_root, tm
         cwd=tmp_path,
     )
     assert result.returncode != 0
-    assert "missing.ckpt is not a file" in result.stderr
+    assert "missing.ckpt is not a checkpoint" in result.stderr
 
 
 def read_scalars(tensorboard_dir: Path) -> set[str]:

@@ -1,0 +1,69 @@
+"""Checks that run before any work starts (no process launched, no image read), each naming the
+offending value and the fix. Checks that need an object live with it: model.groups in AlexNet, a
+crop larger than the resize in the transforms, the class folders in the DataModule."""
+
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from alexnet_pl.datamodule import per_device_batch_size
+
+# Model settings that change the shapes of the weights: a checkpoint only loads into the same.
+SHAPE_SETTINGS = ("num_classes", "groups")
+
+
+def check_learning_rate(optimizer: DictConfig) -> None:
+    lr = optimizer.get("lr")
+    if lr is not None and not lr > 0:
+        raise ValueError(
+            f"optimizer.lr={lr} must be a positive number (the notebook: 1e-4 with Adam; the "
+            "paper: 0.01 with SGD)"
+        )
+
+
+def check_global_batch(batch_size: int, world_size: int) -> None:
+    per_device_batch_size(batch_size, world_size)  # raises with the numbers and a batch that fits
+
+
+def resolve_resume_path(ckpt_path: str | None, outputs: Path = Path("outputs")) -> str | None:
+    """ckpt_path may be a checkpoint file, a run folder (its checkpoints/last.ckpt), or `last`: the
+    most recently written outputs/**/checkpoints/last.ckpt under the current folder."""
+    if ckpt_path is None:
+        return None
+    if ckpt_path == "last":
+        found = sorted(outputs.glob("**/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+        if not found:
+            raise FileNotFoundError(
+                f"ckpt_path=last: no {outputs}/**/checkpoints/last.ckpt under {Path.cwd()}; run "
+                "from the folder that holds outputs/, or give the checkpoint or run folder"
+            )
+        return str(found[-1])
+    path = Path(ckpt_path)
+    if path.is_dir():
+        path = path / "checkpoints" / "last.ckpt"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"ckpt_path={ckpt_path} is not a checkpoint (looked for {path}); give a .ckpt file, a "
+            "run folder such as outputs/<date>/<time>, or ckpt_path=last"
+        )
+    return str(path)
+
+
+def check_checkpoint_fits_model(ckpt_path: str, model: DictConfig) -> None:
+    # mmap: reads the small config without loading hundreds of MB of weights into memory.
+    checkpoint = torch.load(ckpt_path, map_location="cpu", mmap=True, weights_only=False)
+    saved = checkpoint.get("config", {}).get("model") if isinstance(checkpoint, dict) else None
+    if saved is None:
+        raise ValueError(
+            f"ckpt_path={ckpt_path} is not a checkpoint written by alexnet_pl.train (it has no "
+            "config); resume from a last.ckpt or best-*.ckpt of an earlier run"
+        )
+    differences = [key for key in SHAPE_SETTINGS if saved.get(key) != model.get(key)]
+    if differences:
+        raise ValueError(
+            f"ckpt_path={ckpt_path} was trained with "
+            f"{', '.join(f'model.{key}={saved.get(key)}' for key in differences)} but this run "
+            f"has {', '.join(f'model.{key}={model.get(key)}' for key in differences)}; resume "
+            "with the checkpoint's settings"
+        )
