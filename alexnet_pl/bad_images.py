@@ -5,9 +5,8 @@ stops the run at once with its path."""
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from PIL import Image
 from torch.utils.data import default_collate
@@ -24,9 +23,9 @@ class BadImageError(RuntimeError):
     """An image that cannot be decoded, with data.strict=true."""
 
 
-@dataclass(frozen=True)
-class BadImage:
-    """What a dataset returns in place of a sample it could not decode."""
+class BadImage(NamedTuple):
+    """What a dataset returns in place of a sample it could not decode. A NamedTuple, so that
+    Lightning's batch transfer (apply_to_collection) can pass it through."""
 
     path: str
     error: str

@@ -17,8 +17,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Sampler
 from torchmetrics import MeanMetric, SumMetric
 from torchmetrics.classification import MulticlassAccuracy
-from torchvision.datasets import ImageFolder
 
+from alexnet_pl.bad_images import BadImageReport, CheckedImageFolder, collate_skipping_bad
 from alexnet_pl.checkpoint import TrainedModel, load_trained_model
 from alexnet_pl.datamodule import list_classes
 from alexnet_pl.run_record import write_json_atomically
@@ -56,9 +56,15 @@ class TenCropEvaluation(pl.LightningModule):
         )
         self.loss = nn.ModuleDict({view: MeanMetric() for view in VIEWS})
         self.images = SumMetric()
+        self.skipped = SumMetric()  # files that could not be decoded, over all processes
+        self.bad_images = BadImageReport(None)  # names each one in the log
 
-    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        views, labels = batch  # views: (batch, 10, 3, H, W)
+    def test_step(self, batch: tuple, batch_idx: int) -> None:
+        views, labels, bad = batch  # views: (batch, 10, 3, H, W); bad: undecodable files
+        self.bad_images.add(bad)
+        self.skipped.update(len(bad))
+        if views is None:
+            return
         logits = self.network(views.flatten(0, 1)).unflatten(0, views.shape[:2])
         probabilities = {
             "center_crop": logits[:, CENTRE_VIEW].softmax(dim=1),
@@ -76,7 +82,10 @@ class TenCropEvaluation(pl.LightningModule):
         self.results = self._compute()
 
     def _compute(self) -> dict:
-        results: dict = {"images": int(self.images.compute())}
+        results: dict = {
+            "images": int(self.images.compute()),
+            "skipped_images": int(self.skipped.compute()),
+        }
         for view in VIEWS:
             top1, top5 = float(self.top1[view].compute()), float(self.top5[view].compute())
             results[view] = {
@@ -89,7 +98,7 @@ class TenCropEvaluation(pl.LightningModule):
         return results
 
 
-def validation_images(model: TrainedModel, root: Path) -> ImageFolder:
+def validation_images(model: TrainedModel, root: Path) -> CheckedImageFolder:
     val_dir = root / "val"
     if not val_dir.is_dir():
         raise FileNotFoundError(f"data.root={root} has no val/ folder (expected val/<class>/*)")
@@ -101,7 +110,7 @@ def validation_images(model: TrainedModel, root: Path) -> ImageFolder:
             f"checkpoint: {sorted(set(model.class_names) - set(found)) or 'none'}"
         )
     transform = ten_crop_transform(model.resize, model.crop, model.mean, model.std)
-    return ImageFolder(str(val_dir), transform=transform)
+    return CheckedImageFolder(str(val_dir), transform)
 
 
 def format_table(results: dict) -> str:
@@ -112,7 +121,7 @@ def format_table(results: dict) -> str:
             f"{view:<12} {r['top1']:>7.2%} {r['top5']:>7.2%} {r['top1_error']:>10.2%} "
             f"{r['top5_error']:>10.2%} {r['loss']:>7.4f}"
         )
-    rows.append(f"{results['images']} images")
+    rows.append(f"{results['images']} images ({results['skipped_images']} could not be decoded)")
     return "\n".join(rows)
 
 
@@ -127,6 +136,7 @@ def evaluate(cfg: DictConfig) -> dict:
         sampler=ShardSampler(len(dataset), trainer.global_rank, trainer.world_size),
         num_workers=cfg.data.num_workers,
         pin_memory=torch.accelerator.is_available(),
+        collate_fn=collate_skipping_bad,
     )
     evaluation = TenCropEvaluation(model.network, num_classes=len(model.class_names))
     trainer.test(evaluation, dataloaders=loader, verbose=False)

@@ -67,3 +67,18 @@ def check_checkpoint_fits_model(ckpt_path: str, model: DictConfig) -> None:
             f"has {', '.join(f'model.{key}={model.get(key)}' for key in differences)}; resume "
             "with the checkpoint's settings"
         )
+
+
+def check_no_multirun_ddp(world_size: int) -> None:
+    """Lightning starts DDP ranks by re-running this command line, `-m` included, so under Hydra
+    multirun every rank would start a sweep of its own (a known Lightning limitation)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if world_size > 1 and HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        raise ValueError(
+            f"Hydra multirun (-m) cannot start DDP with {world_size} processes: Lightning would "
+            "re-run the whole sweep in every process. Sweep on one device (trainer.devices=1), or "
+            "run one command per configuration, e.g. `for lr in 1e-4 3e-4; do python -m "
+            "alexnet_pl.train optimizer.lr=$lr trainer.devices=4; done`"
+        )

@@ -2,12 +2,14 @@
 checkpoint, and the final validation metrics as JSON for scripts."""
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 
+log = logging.getLogger(__name__)
 FINAL_METRICS = ("val/loss", "val/top1", "val/top5")
 
 
@@ -44,6 +46,19 @@ class FinalMetricsWriter(pl.Callback):
             if checkpoint.monitor and checkpoint.best_model_path:
                 metrics["best_checkpoint"] = checkpoint.best_model_path
         write_json_atomically(self.path, metrics)
+        log.info("finished: %s", summary(metrics, self.path.parent))
+
+
+def summary(metrics: dict[str, Any], run_folder: Path) -> str:
+    """A few lines for the terminal at the end of a run."""
+    lines = [f"{name:<18} {metrics[name]:.4f}" for name in FINAL_METRICS if name in metrics]
+    lines += [
+        f"{'epochs trained':<18} {metrics['epochs_trained']}",
+        f"{'run folder':<18} {run_folder}",
+    ]
+    if "best_checkpoint" in metrics:
+        lines.append(f"{'best checkpoint':<18} {metrics['best_checkpoint']}")
+    return "\n" + "\n".join(lines)
 
 
 def write_json_atomically(path: Path, data: dict[str, Any]) -> None:

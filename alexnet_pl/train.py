@@ -55,6 +55,7 @@ def train(cfg: DictConfig) -> pl.Trainer:
     loggers = [instantiate(logger) for logger in cfg.logger.values()]
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
     preflight.check_global_batch(cfg.data.batch_size, trainer.world_size)  # before DDP launches
+    preflight.check_no_multirun_ddp(trainer.world_size)
 
     is_rank_zero = trainer.is_global_zero
     if is_rank_zero:

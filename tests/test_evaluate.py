@@ -48,9 +48,12 @@ def test_centre_crop_matches_what_training_logged_and_ten_crop_is_reported(train
 
 
 @pytest.mark.slow
-def test_two_processes_count_an_odd_number_of_images_once(trained_run, larger_image_root, tmp_path):
+def test_two_processes_count_every_image_once_and_skip_broken_ones(
+    trained_run, larger_image_root, tmp_path
+):
     root = Path(shutil.copytree(larger_image_root, tmp_path / "data"))
     next((root / "val" / "star").iterdir()).unlink()  # 19 images: a padding sampler would count 20
+    (root / "val" / "star" / "truncated.JPEG").write_bytes(b"\xff\xd8\xff\xe0" + b"\x00" * 50)
     result = run_evaluate(
         f"ckpt_path={trained_run / 'checkpoints' / 'last.ckpt'}",
         f"data.root={root}",
@@ -61,7 +64,10 @@ def test_two_processes_count_an_odd_number_of_images_once(trained_run, larger_im
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-4000:]
-    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["images"] == 19
+    results = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert results["images"] == 19  # each readable image once
+    assert results["skipped_images"] == 1  # the broken file is counted, not fatal
+    assert "truncated.JPEG" in result.stdout + result.stderr
 
 
 def test_validation_classes_that_differ_from_the_checkpoint_are_named(

@@ -132,6 +132,9 @@ def test_short_run_writes_metrics_and_checkpoints_then_resumes_at_the_next_epoch
     assert checkpoint["lr_schedulers"][0]["last_epoch"] == 2  # stepped once per finished epoch
     assert "state" in checkpoint["optimizer_states"][0]  # the state, not a pickled optimizer
 
+    assert "finished:" in (first / "train.log").read_text()  # the closing summary
+    assert f"best checkpoint    {best[0]}" in (first / "train.log").read_text()
+
     scalars = read_scalars(first / "tensorboard")
     assert {"train/loss", "train/top1", "val/loss", "val/top1", "val/top5", "train/lr"} <= scalars
 
@@ -167,3 +170,35 @@ def test_unset_seed_is_drawn_and_recorded(image_root, tmp_path):
     assert isinstance(seed, int)
     assert f"seed: {seed}" in (tmp_path / "config.yaml").read_text()
     assert f"Seed set to {seed}" in result.stdout + result.stderr
+
+
+def test_sweep_runs_each_job_in_its_own_folder(image_root, tmp_path):
+    sweep = tmp_path / "sweep"
+    result = run_train_cli(
+        "-m",
+        *SMALL_RUN,
+        f"data.root={image_root}",
+        "trainer.fast_dev_run=true",
+        "optimizer.lr=1e-4,3e-4",
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+    )
+    assert_succeeded(result)
+    learning_rates = sorted((sweep / job / "config.yaml").read_text() for job in ("0", "1"))
+    assert "lr: 0.0001" in learning_rates[0] and "lr: 0.0003" in learning_rates[1]
+
+
+def test_sweep_with_ddp_is_refused_with_what_to_do_instead(image_root, tmp_path):
+    result = run_train_cli(
+        "-m",
+        *SMALL_RUN,
+        f"data.root={image_root}",
+        "trainer.devices=2",
+        "trainer.strategy=ddp",
+        "optimizer.lr=1e-4,3e-4",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        cwd=tmp_path,
+    )
+    assert result.returncode != 0
+    assert "Hydra multirun (-m) cannot start DDP with 2 processes" in result.stderr
+    assert "Initializing distributed" not in result.stdout + result.stderr  # refused before launch
