@@ -57,8 +57,7 @@ def train(cfg: DictConfig) -> pl.Trainer:
     preflight.check_global_batch(cfg.data.batch_size, trainer.world_size)  # before DDP launches
     preflight.check_no_multirun_ddp(trainer.world_size)
 
-    is_rank_zero = trainer.is_global_zero
-    if is_rank_zero:
+    if trainer.is_global_zero:
         # The resolved config, with the seed actually used (Hydra's .hydra/config.yaml has null).
         OmegaConf.save(cfg, Path(cfg.paths.output_dir) / "config.yaml", resolve=True)
         log.info("run folder: %s (seed %d)", cfg.paths.output_dir, cfg.seed)
