@@ -91,6 +91,8 @@ class Throughput(pl.Callback):
         if every and step % every == 0 and step > self.logged_step:
             rate = self.window_images / (now - self.window_start)
             writer.add_scalar("train/images_per_second", rate, step)
+            # Also in the terminal's progress bar (which otherwise shows batches per second).
+            pl_module.log("images/s", rate, prog_bar=True, logger=False, rank_zero_only=True)
             self.window_start, self.window_images, self.logged_step = now, 0, step
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

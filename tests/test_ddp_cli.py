@@ -1,6 +1,9 @@
 """Real multi-process DDP through the CLI: two CPU processes (gloo), as four GPUs would run it."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -54,3 +57,40 @@ def test_global_batch_smaller_than_the_process_count_is_rejected(image_root, tmp
     assert "data.batch_size=3 is the global batch and must divide evenly over 2 processes" in (
         result.stderr
     )
+
+
+@pytest.mark.slow
+def test_torchrun_launches_two_cpu_processes_that_train_into_one_folder(
+    larger_image_root, tmp_path
+):
+    # torchrun starts every rank itself (Lightning sees TorchElastic and launches nothing); each
+    # process composes the config, so the run folder is given explicitly to be the same for all.
+    run_dir = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if k != "PL_GLOBAL_SEED"}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "alexnet_pl.train",
+            *SMALL_RUN,
+            f"data.root={larger_image_root}",
+            "trainer.devices=2",
+            "trainer.strategy=ddp",
+            "trainer.max_epochs=1",
+            f"hydra.run.dir={run_dir}",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert_succeeded(result)
+    assert "MEMBER: 2/2" in result.stdout + result.stderr
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    assert checkpoint["global_step"] == 5  # 40 images, 4 per process per step
+    assert set(json.loads((run_dir / "metrics.json").read_text())) >= {"val/top1"}

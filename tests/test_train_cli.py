@@ -132,6 +132,7 @@ def test_short_run_writes_metrics_and_checkpoints_then_resumes_at_the_next_epoch
     assert checkpoint["lr_schedulers"][0]["last_epoch"] == 2  # stepped once per finished epoch
     assert "state" in checkpoint["optimizer_states"][0]  # the state, not a pickled optimizer
 
+    assert "images/s=" in result.stdout + result.stderr  # the progress bar shows the speed
     assert "finished:" in (first / "train.log").read_text()  # the closing summary
     assert f"best checkpoint    {best[0]}" in (first / "train.log").read_text()
 
