@@ -28,11 +28,13 @@ class AlexNetModule(pl.LightningModule):
         self.scheduler_monitor = scheduler_monitor
         self.loss = nn.CrossEntropyLoss()
         num_classes = self.num_classes
+        top5 = min(5, num_classes)  # torchmetrics refuses top_k > num_classes (tiny test sets)
         # torchmetrics accumulates counts on every process and sums them across DDP ranks at the
         # end of the epoch, so the logged accuracy is over the whole validation set.
         self.train_top1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
+        self.train_top5 = MulticlassAccuracy(num_classes, top_k=top5, average="micro")
         self.val_top1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
-        self.val_top5 = MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro")
+        self.val_top5 = MulticlassAccuracy(num_classes, top_k=top5, average="micro")
         self.val_loss = MeanMetric()
 
     @property
@@ -57,8 +59,10 @@ class AlexNetModule(pl.LightningModule):
         logits = self.network(images)
         loss = self.loss(logits, labels)
         self.train_top1(logits, labels)
+        self.train_top5(logits, labels)
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/top1", self.train_top1)  # this batch's accuracy, as train/loss is
+        self.log("train/top5", self.train_top5)
         return loss
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:

@@ -1,0 +1,81 @@
+"""SLURM preemption the cluster way, simulated on one machine: SIGUSR1 -> Lightning writes an HPC
+checkpoint and calls `scontrol requeue` -> the job is killed -> the same command starts again
+(as the requeued job does) and resumes by itself."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import SMALL_RUN
+
+FAKE_SCONTROL = """#!/bin/sh
+# Stands in for SLURM's scontrol: records the requeue, then ends the job as SLURM would.
+echo "$@" >> "$SCONTROL_LOG"
+kill -9 $PPID
+"""
+
+
+def slurm_environment(tmp_path: Path) -> dict[str, str]:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text(FAKE_SCONTROL)
+    (bin_dir / "scontrol").chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k != "PL_GLOBAL_SEED"}
+    env.update(
+        PATH=f"{bin_dir}:{env['PATH']}",
+        SCONTROL_LOG=str(tmp_path / "scontrol.log"),
+        # What srun sets for a one-task job; Lightning's SLURMEnvironment reads these.
+        SLURM_NTASKS="1",
+        SLURM_NTASKS_PER_NODE="1",
+        SLURM_JOB_ID="4242",
+        SLURM_JOB_NAME="alexnet",
+        SLURM_NODELIST="localhost",
+        SLURM_PROCID="0",
+        SLURM_LOCALID="0",
+        SLURM_NODEID="0",
+    )
+    return env
+
+
+@pytest.mark.slow
+def test_sigusr1_checkpoints_requeues_and_the_requeued_job_resumes(larger_image_root, tmp_path):
+    run_dir = tmp_path / "outputs" / "slurm" / "4242"  # fixed per job id, as in the README
+    command = [
+        sys.executable,
+        "-m",
+        "alexnet_pl.train",
+        *SMALL_RUN,
+        f"data.root={larger_image_root}",
+        "trainer.max_epochs=4",
+        f"hydra.run.dir={run_dir}",
+    ]
+    env = slurm_environment(tmp_path)
+    job = subprocess.Popen(
+        command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 240
+    while not (run_dir / "checkpoints" / "last.ckpt").exists():
+        assert job.poll() is None and time.monotonic() < deadline, "the first epoch never ended"
+        time.sleep(0.2)
+    job.send_signal(signal.SIGUSR1)  # what `#SBATCH --signal=SIGUSR1@120` sends
+    assert job.wait(timeout=120) == -signal.SIGKILL  # ended by the (fake) requeue
+    assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", "4242"]
+    hpc = torch.load(run_dir / "hpc_ckpt_1.ckpt", weights_only=False)
+    assert hpc["global_step"] >= 5
+
+    requeued = subprocess.run(
+        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert requeued.returncode == 0, requeued.stderr[-4000:]
+    assert f"Restored all states from the checkpoint at {run_dir / 'hpc_ckpt_1.ckpt'}" in (
+        requeued.stdout + requeued.stderr
+    )
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["epochs_trained"] == 4
