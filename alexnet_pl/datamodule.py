@@ -24,6 +24,12 @@ def list_classes(split_dir: Path) -> list[str]:
     return sorted(entry.name for entry in split_dir.iterdir() if entry.is_dir())
 
 
+def classes_only_in(first: list[str], second: list[str]) -> tuple[list[str] | str, list[str] | str]:
+    """The classes only in `first` and only in `second`, sorted ('none' for an empty side): what
+    an error about two class lists should name."""
+    return sorted(set(first) - set(second)) or "none", sorted(set(second) - set(first)) or "none"
+
+
 def per_device_batch_size(global_batch_size: int, world_size: int) -> int:
     """`data.batch_size` is the batch of one optimizer step over all processes, as in the paper."""
     if global_batch_size < world_size or global_batch_size % world_size:
@@ -83,12 +89,11 @@ class ImageFolderDataModule(pl.LightningDataModule):
                 f"data.root={self.root}/train has no class folders; {LAYOUT_HINT}"
             )
         if train_classes != val_classes:
-            only_train = sorted(set(train_classes) - set(val_classes))
-            only_val = sorted(set(val_classes) - set(train_classes))
+            only_train, only_val = classes_only_in(train_classes, val_classes)
             raise ValueError(
                 f"data.root={self.root}: train/ and val/ must hold the same class folders, or the "
-                f"labels would not match. Only in train/: {only_train or 'none'}; only in val/: "
-                f"{only_val or 'none'}. Add or remove class folders so both lists are identical."
+                f"labels would not match. Only in train/: {only_train}; only in val/: "
+                f"{only_val}. Add or remove class folders so both lists are identical."
             )
         return train_classes
 
@@ -161,10 +166,9 @@ class ImageFolderDataModule(pl.LightningDataModule):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         saved = state_dict.get("class_names")
         if saved is not None and saved != self.class_names:
+            only_saved, only_here = classes_only_in(saved, self.class_names)
             raise ValueError(
                 f"the checkpoint was trained on classes that differ from those in "
-                f"data.root={self.root} (only in the checkpoint: "
-                f"{sorted(set(saved) - set(self.class_names)) or 'none'}; only in the folder: "
-                f"{sorted(set(self.class_names) - set(saved)) or 'none'}); resume on the same "
-                "classes"
+                f"data.root={self.root} (only in the checkpoint: {only_saved}; only in the "
+                f"folder: {only_here}); resume on the same classes"
             )

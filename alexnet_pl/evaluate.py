@@ -20,7 +20,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from alexnet_pl.bad_images import BadImageReport, CheckedImageFolder, collate_skipping_bad
 from alexnet_pl.checkpoint import TrainedModel, load_trained_model
-from alexnet_pl.datamodule import list_classes
+from alexnet_pl.datamodule import classes_only_in, list_classes
 from alexnet_pl.run_record import write_json_atomically
 from alexnet_pl.transforms import ten_crop_transform
 
@@ -104,10 +104,10 @@ def validation_images(model: TrainedModel, root: Path) -> CheckedImageFolder:
         raise FileNotFoundError(f"data.root={root} has no val/ folder (expected val/<class>/*)")
     found = list_classes(val_dir)
     if found != model.class_names:
+        only_found, only_saved = classes_only_in(found, model.class_names)
         raise ValueError(
             f"the classes in {val_dir} differ from those the checkpoint was trained on: only in "
-            f"the folder: {sorted(set(found) - set(model.class_names)) or 'none'}; only in the "
-            f"checkpoint: {sorted(set(model.class_names) - set(found)) or 'none'}"
+            f"the folder: {only_found}; only in the checkpoint: {only_saved}"
         )
     transform = ten_crop_transform(model.resize, model.crop, model.mean, model.std)
     return CheckedImageFolder(str(val_dir), transform)

@@ -13,8 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from PIL import Image, UnidentifiedImageError
 
+from alexnet_pl.bad_images import DECODE_ERRORS, load_rgb
 from alexnet_pl.checkpoint import TrainedModel, load_trained_model
 from alexnet_pl.transforms import center_crop_transform
 
@@ -41,15 +41,9 @@ def image_files(paths: list[Path]) -> Iterator[Path]:
             yield path
 
 
-def read_rgb(path: Path) -> Image.Image:
-    with Image.open(path) as image:
-        image.load()  # decode now, so a truncated file fails here and is reported by name
-        return image.convert("RGB")
-
-
 @torch.no_grad()
 def predict_file(model: TrainedModel, transform, names: list[str], path: Path, top_k: int) -> list:
-    probabilities = model.network(transform(read_rgb(path)).unsqueeze(0)).softmax(dim=1)[0]
+    probabilities = model.network(transform(load_rgb(str(path))).unsqueeze(0)).softmax(dim=1)[0]
     values, indices = probabilities.topk(min(top_k, len(names)))
     ranked = zip(values.tolist(), indices.tolist(), strict=True)
     return [{"class": names[index], "probability": value} for value, index in ranked]
@@ -70,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     for path in image_files(args.images):
         try:
             predictions[str(path)] = predict_file(model, transform, names, path, args.top_k)
-        except (OSError, UnidentifiedImageError, ValueError) as error:
+        except DECODE_ERRORS as error:  # the same failures training skips
             failures[str(path)] = f"{type(error).__name__}: {error}"
             print(f"cannot read {path}: {error}", file=sys.stderr)
 
