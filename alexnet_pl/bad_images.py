@@ -4,13 +4,10 @@ silently either: it is skipped, counted, named in a report and a warning, or, wi
 stops the run at once with its path."""
 
 import logging
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from PIL import Image
-from torch.utils.data import default_collate
-from torchvision.datasets import ImageFolder
 
 log = logging.getLogger(__name__)
 
@@ -37,39 +34,6 @@ def load_rgb(path: str) -> Image.Image:
     with a .JPEG name (ImageNet has some) loads too."""
     with open(path, "rb") as file, Image.open(file) as image:
         return image.convert("RGB")
-
-
-class CheckedImageFolder(ImageFolder):
-    """torchvision's ImageFolder, returning a BadImage for a file it cannot decode."""
-
-    def __init__(self, root: str, transform: Callable, strict: bool = False) -> None:
-        # allow_empty: a class folder without images is reported by the DataModule, not fatal.
-        super().__init__(root, transform=transform, loader=load_rgb, allow_empty=True)
-        self.strict = strict
-
-    def __getitem__(self, index: int) -> Any:
-        path, label = self.samples[index]
-        try:
-            image = self.loader(path)
-        except DECODE_ERRORS as error:
-            if self.strict:
-                raise BadImageError(
-                    f"cannot decode {path}: {error} (data.strict=true stops at the first bad "
-                    "file; data.strict=false skips such files and lists them in bad_files.tsv)"
-                ) from error
-            return BadImage(path, f"{type(error).__name__}: {error}")
-        return self.transform(image), label
-
-
-def collate_skipping_bad(samples: list) -> tuple:
-    """default_collate over the good samples; the bad ones travel along as a third element, so the
-    main process can count and report them (workers are separate processes)."""
-    good = [sample for sample in samples if not isinstance(sample, BadImage)]
-    bad = [sample for sample in samples if isinstance(sample, BadImage)]
-    if not good:
-        return None, None, bad
-    images, labels = default_collate(good)
-    return images, labels, bad
 
 
 class BadImageReport:

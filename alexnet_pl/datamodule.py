@@ -5,11 +5,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from alexnet_pl.bad_images import BadImageReport, CheckedImageFolder, collate_skipping_bad
+from alexnet_pl.bad_images import BadImageError, BadImageReport
+from alexnet_pl.decoding import EncodedBatch, check_decoder, decode_on_device
+from alexnet_pl.image_folder import ImageFolderDataset, collate_skipping_bad, strict_message
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val")
@@ -42,11 +45,17 @@ def per_device_batch_size(global_batch_size: int, world_size: int) -> int:
 
 
 class ImageFolderDataModule(pl.LightningDataModule):
+    """Workers decode and crop to uint8 (`*_transform`, views from transforms.py); the batch is
+    made float, lit and normalised on the device (`*_batch_transform`, after the transfer)."""
+
     def __init__(
         self,
         root: str,
         train_transform: Callable,
         val_transform: Callable,
+        train_batch_transform: Callable,
+        val_batch_transform: Callable,
+        decode: str = "cpu",
         batch_size: int = 128,
         num_workers: int = 8,
         pin_memory: bool = True,
@@ -59,6 +68,9 @@ class ImageFolderDataModule(pl.LightningDataModule):
         self.root = Path(root).expanduser()
         self.train_transform = train_transform
         self.val_transform = val_transform
+        self.train_batch_transform = train_batch_transform
+        self.val_batch_transform = val_batch_transform
+        self.decode = check_decoder(decode)
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.pin_memory = pin_memory
@@ -69,8 +81,8 @@ class ImageFolderDataModule(pl.LightningDataModule):
         self.bad_file_report = bad_file_report
         self.bad_images = BadImageReport(None)
         self.class_names: list[str] = []
-        self.train_set: CheckedImageFolder | None = None
-        self.val_set: CheckedImageFolder | None = None
+        self.train_set: ImageFolderDataset | None = None
+        self.val_set: ImageFolderDataset | None = None
 
     def read_class_names(self) -> list[str]:
         """The classes of the folder, checked to be the same in train/ and val/.
@@ -102,14 +114,14 @@ class ImageFolderDataModule(pl.LightningDataModule):
         self.class_names = self.read_class_names()
         world_size = self.trainer.world_size if self.trainer is not None else 1
         self.batch_size_per_device = per_device_batch_size(self.batch_size, world_size)
-        self.train_set = CheckedImageFolder(
-            str(self.root / "train"), self.train_transform, self.strict
+        self.train_set, self.val_set = (
+            ImageFolderDataset(str(self.root / split), transform, self.decode, self.strict)
+            for split, transform in zip(
+                SPLITS, (self.train_transform, self.val_transform), strict=True
+            )
         )
-        self.val_set = CheckedImageFolder(str(self.root / "val"), self.val_transform, self.strict)
         for split, dataset in zip(SPLITS, (self.train_set, self.val_set), strict=True):
-            counts = [0] * len(dataset.classes)
-            for label in dataset.targets:
-                counts[label] += 1
+            counts = np.bincount(dataset.targets, minlength=len(dataset.classes))
             empty = [name for name, count in zip(dataset.classes, counts, strict=True) if not count]
             if empty:
                 log.warning(
@@ -132,6 +144,21 @@ class ImageFolderDataModule(pl.LightningDataModule):
         self.bad_images.add(bad)
         return images, labels
 
+    def on_after_batch_transfer(self, batch: tuple, dataloader_idx: int) -> tuple:
+        images, labels = batch
+        training = self.trainer is not None and self.trainer.training
+        if isinstance(images, EncodedBatch):
+            view = self.train_transform if training else self.val_transform
+            images, kept, bad = decode_on_device(images, labels.device, view)
+            if bad and self.strict:
+                raise BadImageError(strict_message(bad[0]))
+            self.bad_images.add(bad)
+            labels = labels[kept] if len(kept) < len(labels) else labels
+        if images is None:
+            return None, None
+        to_float = self.train_batch_transform if training else self.val_batch_transform
+        return to_float(images), labels
+
     def teardown(self, stage: str) -> None:
         if len(self.bad_images):
             log.warning(
@@ -140,7 +167,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
                 self.bad_images.path or "the log above",
             )
 
-    def _loader(self, dataset: CheckedImageFolder, train: bool) -> DataLoader:
+    def _loader(self, dataset: ImageFolderDataset, train: bool) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=self.batch_size_per_device,

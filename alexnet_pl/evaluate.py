@@ -18,11 +18,12 @@ from torch.utils.data import DataLoader, Sampler
 from torchmetrics import MeanMetric, SumMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from alexnet_pl.bad_images import BadImageReport, CheckedImageFolder, collate_skipping_bad
+from alexnet_pl.bad_images import BadImageReport
 from alexnet_pl.checkpoint import TrainedModel, load_trained_model
 from alexnet_pl.datamodule import classes_only_in, list_classes
+from alexnet_pl.image_folder import ImageFolderDataset, collate_skipping_bad
 from alexnet_pl.run_record import write_json_atomically
-from alexnet_pl.transforms import ten_crop_transform
+from alexnet_pl.transforms import ResizeTenCrop, ToNormalizedFloat
 
 log = logging.getLogger(__name__)
 CENTRE_VIEW = 4  # TenCrop's order: four corners, centre, then the same five mirrored
@@ -44,9 +45,10 @@ class ShardSampler(Sampler[int]):
 
 
 class TenCropEvaluation(pl.LightningModule):
-    def __init__(self, network: nn.Module, num_classes: int) -> None:
+    def __init__(self, network: nn.Module, num_classes: int, to_float: ToNormalizedFloat) -> None:
         super().__init__()
         self.network = network
+        self.to_float = to_float
         top5 = min(5, num_classes)
         self.top1 = nn.ModuleDict(
             {view: MulticlassAccuracy(num_classes, top_k=1, average="micro") for view in VIEWS}
@@ -60,12 +62,12 @@ class TenCropEvaluation(pl.LightningModule):
         self.bad_images = BadImageReport(None)  # names each one in the log
 
     def test_step(self, batch: tuple, batch_idx: int) -> None:
-        views, labels, bad = batch  # views: (batch, 10, 3, H, W); bad: undecodable files
+        views, labels, bad = batch  # views: uint8 (batch, 10, 3, H, W); bad: undecodable files
         self.bad_images.add(bad)
         self.skipped.update(len(bad))
         if views is None:
             return
-        logits = self.network(views.flatten(0, 1)).unflatten(0, views.shape[:2])
+        logits = self.network(self.to_float(views).flatten(0, 1)).unflatten(0, views.shape[:2])
         probabilities = {
             "center_crop": logits[:, CENTRE_VIEW].softmax(dim=1),
             "ten_crop": logits.softmax(dim=2).mean(dim=1),  # the paper averages the softmax
@@ -98,7 +100,7 @@ class TenCropEvaluation(pl.LightningModule):
         return results
 
 
-def validation_images(model: TrainedModel, root: Path) -> CheckedImageFolder:
+def validation_images(model: TrainedModel, root: Path) -> ImageFolderDataset:
     val_dir = root / "val"
     if not val_dir.is_dir():
         raise FileNotFoundError(f"data.root={root} has no val/ folder (expected val/<class>/*)")
@@ -109,8 +111,8 @@ def validation_images(model: TrainedModel, root: Path) -> CheckedImageFolder:
             f"the classes in {val_dir} differ from those the checkpoint was trained on: only in "
             f"the folder: {only_found}; only in the checkpoint: {only_saved}"
         )
-    transform = ten_crop_transform(model.resize, model.crop, model.mean, model.std)
-    return CheckedImageFolder(str(val_dir), transform)
+    # The decoder and views training validated with, so the centre crop sees the same pixels.
+    return ImageFolderDataset(str(val_dir), ResizeTenCrop(model.resize, model.crop), decode="cpu")
 
 
 def format_table(results: dict) -> str:
@@ -138,7 +140,8 @@ def evaluate(cfg: DictConfig) -> dict:
         pin_memory=torch.accelerator.is_available(),
         collate_fn=collate_skipping_bad,
     )
-    evaluation = TenCropEvaluation(model.network, num_classes=len(model.class_names))
+    to_float = ToNormalizedFloat(model.mean, model.std)
+    evaluation = TenCropEvaluation(model.network, len(model.class_names), to_float)
     trainer.test(evaluation, dataloaders=loader, verbose=False)
     results = {"checkpoint": str(cfg.ckpt_path), "data_root": str(root), **evaluation.results}
     if trainer.is_global_zero:

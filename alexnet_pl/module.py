@@ -20,9 +20,14 @@ class AlexNetModule(pl.LightningModule):
         optimizer: OptimizerFactory,
         scheduler: SchedulerFactory,
         scheduler_monitor: str = "val/loss",
+        channels_last: bool = False,
+        compile: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        self.network = network
+        # channels_last: NHWC tensors, the layout cuDNN's tensor-core convolutions run in (bf16).
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.network = network.to(memory_format=self.memory_format)
+        self.compile_options = compile
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.scheduler_monitor = scheduler_monitor
@@ -49,14 +54,23 @@ class AlexNetModule(pl.LightningModule):
                 f"classes; run with model.num_classes={len(class_names)}"
             )
 
+    def configure_model(self) -> None:
+        if self.compile_options is not None:
+            # nn.Module.compile compiles in place: the state_dict keys stay those of the plain
+            # network, so checkpoints load with or without compile (torch.compile(net) would add
+            # an "_orig_mod." prefix to every key).
+            self.network.compile(**self.compile_options)
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.network(images)
+        return self.network(images.contiguous(memory_format=self.memory_format))
 
     def training_step(
         self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
-    ) -> torch.Tensor:
+    ) -> torch.Tensor | None:
         images, labels = batch
-        logits = self.network(images)
+        if images is None:
+            return None  # every image of this batch was undecodable: nothing to learn from
+        logits = self(images)
         loss = self.loss(logits, labels)
         self.train_top1(logits, labels)
         self.train_top5(logits, labels)
@@ -69,7 +83,7 @@ class AlexNetModule(pl.LightningModule):
         images, labels = batch
         if images is None:
             return
-        logits = self.network(images)
+        logits = self(images)
         # Weighted by batch size, so a short last batch counts for what it holds.
         self.val_loss(self.loss(logits, labels), weight=labels.numel())
         self.val_top1(logits, labels)

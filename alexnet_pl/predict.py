@@ -14,9 +14,10 @@ from pathlib import Path
 
 import torch
 
-from alexnet_pl.bad_images import DECODE_ERRORS, load_rgb
+from alexnet_pl.bad_images import DECODE_ERRORS
 from alexnet_pl.checkpoint import TrainedModel, load_trained_model
-from alexnet_pl.transforms import center_crop_transform
+from alexnet_pl.decoding import decode_on_cpu
+from alexnet_pl.transforms import ResizeCenterCrop, ToNormalizedFloat
 
 WNID = re.compile(r"n\d{8}")
 
@@ -42,8 +43,11 @@ def image_files(paths: list[Path]) -> Iterator[Path]:
 
 
 @torch.no_grad()
-def predict_file(model: TrainedModel, transform, names: list[str], path: Path, top_k: int) -> list:
-    probabilities = model.network(transform(load_rgb(str(path))).unsqueeze(0)).softmax(dim=1)[0]
+def predict_file(model: TrainedModel, names: list[str], path: Path, top_k: int) -> list:
+    # The decoder, view and normalisation that training validated with.
+    view = ResizeCenterCrop(model.resize, model.crop)
+    images = ToNormalizedFloat(model.mean, model.std)(view(decode_on_cpu(str(path)))[None])
+    probabilities = model.network(images).softmax(dim=1)[0]
     values, indices = probabilities.topk(min(top_k, len(names)))
     ranked = zip(values.tolist(), indices.tolist(), strict=True)
     return [{"class": names[index], "probability": value} for value, index in ranked]
@@ -58,12 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     model = load_trained_model(args.checkpoint)
-    transform = center_crop_transform(model.resize, model.crop, model.mean, model.std)
     names = readable_class_names(model.class_names)
     predictions, failures = {}, {}
     for path in image_files(args.images):
         try:
-            predictions[str(path)] = predict_file(model, transform, names, path, args.top_k)
+            predictions[str(path)] = predict_file(model, names, path, args.top_k)
         except DECODE_ERRORS as error:  # the same failures training skips
             failures[str(path)] = f"{type(error).__name__}: {error}"
             print(f"cannot read {path}: {error}", file=sys.stderr)

@@ -14,15 +14,16 @@ from pathlib import Path
 from torchvision.datasets import ImageFolder
 from tqdm import tqdm
 
-from alexnet_pl.bad_images import DECODE_ERRORS, load_rgb
+from alexnet_pl.bad_images import DECODE_ERRORS
 from alexnet_pl.datamodule import SPLITS
+from alexnet_pl.decoding import decode_on_cpu
 
 CHUNK = 256  # files per task: amortises process round trips over many small decodes
 
 
 def decode_error(path: str) -> str | None:
     try:
-        load_rgb(path)
+        decode_on_cpu(path)  # the decoder training uses
     except DECODE_ERRORS as error:
         return f"{type(error).__name__}: {error}"
     return None

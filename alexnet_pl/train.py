@@ -49,6 +49,8 @@ def train(cfg: DictConfig) -> pl.Trainer:
         optimizer=instantiate(cfg.optimizer),
         scheduler=instantiate(cfg.scheduler),
         scheduler_monitor=cfg.scheduler_monitor,
+        channels_last=cfg.channels_last,
+        compile=OmegaConf.to_container(cfg.compile) if cfg.compile is not None else None,
     )
     callbacks = [instantiate(callback) for callback in cfg.callbacks.values()]
     callbacks += [RunInfoInCheckpoint(run_config), HParamsWithMetrics(run_config)]

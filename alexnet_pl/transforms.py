@@ -1,10 +1,16 @@
-"""Image transforms: the paper's training augmentation, the centre-crop test view, PCA lighting."""
+"""Image transforms in two halves, so that the loader workers never touch a float:
+
+- views, per image in the workers, on uint8 pixels (C, H, W): the paper's resize, random crop and
+  flip for training, the centre crop or ten crops for testing;
+- ToNormalizedFloat, per batch on the device after the transfer: uint8 to float, the paper's
+  PCA lighting, mean/std normalisation. A uint8 batch is a quarter of the bytes to collate, pin
+  and copy.
+"""
 
 from collections.abc import Sequence
 
 import torch
-from torch import nn
-from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
 
 # Principal components of ImageNet's RGB pixel values on a 0..1 scale (as published with
 # fb.resnet.torch, computed on the training set): the paper's section 4.1 lighting augmentation.
@@ -16,107 +22,115 @@ IMAGENET_EIGENVECTORS = (
 )
 
 
-class PCALighting(nn.Module):
-    """Adds a random multiple of the RGB principal components to every pixel of a float image.
-
-    Section 4.1: each image gets `eigvec @ (alpha * eigval)` with alpha ~ N(0, std) drawn once per
-    image, which changes the intensity and colour of the illumination but not the geometry.
-    """
-
-    def __init__(
-        self,
-        std: float = 0.1,
-        eigenvalues: Sequence[float] = IMAGENET_EIGENVALUES,
-        eigenvectors: Sequence[Sequence[float]] = IMAGENET_EIGENVECTORS,
-    ) -> None:
-        super().__init__()
-        if std < 0:
-            raise ValueError(
-                f"lighting std={std} must be >= 0 (the paper uses 0.1; 0 turns it off)"
-            )
-        self.std = std
-        self.register_buffer("eigenvalues", torch.tensor(eigenvalues, dtype=torch.float32))
-        self.register_buffer("eigenvectors", torch.tensor(eigenvectors, dtype=torch.float32))
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        if self.std == 0:
-            return image
-        alpha = torch.randn(3) * self.std
-        shift = self.eigenvectors @ (alpha * self.eigenvalues)
-        return image + shift.to(image.dtype).view(3, 1, 1)
-
-
-def _check_crop_fits(resize: int, crop: int) -> None:
-    if crop > resize:
+def _check_crop_fits(resize: int | None, crop: int) -> None:
+    if resize is not None and crop > resize:
         raise ValueError(
             f"crop size {crop} is larger than the resized shorter side {resize}: a random crop "
             f"would not fit. Use a crop <= resize (the paper: resize 256, crop 227)."
         )
 
 
-def paper_train_transform(
-    resize: int, crop: int, lighting_std: float, mean: Sequence[float], std: Sequence[float]
-) -> v2.Compose:
-    """Section 4.1: shorter side to `resize`, random `crop` square, horizontal flip, PCA lighting.
-
-    Geometry is done on the decoded PIL image, before anything becomes float: it is the cheap order.
-    """
-    _check_crop_fits(resize, crop)
-    return v2.Compose(
-        [
-            v2.Resize(resize, antialias=True),
-            v2.RandomCrop(crop),
-            v2.RandomHorizontalFlip(),
-            v2.ToImage(),
-            v2.ToDtype(torch.float32, scale=True),
-            PCALighting(lighting_std),  # on 0..1 pixels, the scale its components were computed on
-            v2.Normalize(mean, std),
-        ]
-    )
+def resize_shorter_side(image: torch.Tensor, size: int | None) -> torch.Tensor:
+    """Scales (C, H, W) so that min(H, W) == size; a no-op on a prepared copy (already 256)."""
+    if size is None or min(image.shape[-2:]) == size:
+        return image
+    return F.resize(image, size, antialias=True)
 
 
-def center_crop_transform(
-    resize: int | None, crop: int, mean: Sequence[float], std: Sequence[float]
-) -> v2.Compose:
+class ResizeRandomCropFlip:
+    """Section 4.1's training view: shorter side to `resize`, a random `crop` square, a horizontal
+    flip half of the time. Crop and flip are slices of the uint8 tensor: no copy until collation."""
+
+    def __init__(self, resize: int, crop: int) -> None:
+        _check_crop_fits(resize, crop)
+        self.resize, self.crop = resize, crop
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        image = resize_shorter_side(image, self.resize)
+        height, width = image.shape[-2:]
+        # torch's generator: seeded per worker by seed_everything(workers=True), like v2's.
+        top = int(torch.randint(height - self.crop + 1, ()))
+        left = int(torch.randint(width - self.crop + 1, ()))
+        image = image[..., top : top + self.crop, left : left + self.crop]
+        return image.flip(-1) if torch.rand(()) < 0.5 else image
+
+
+class ResizeCenterCrop:
     """The test view: shorter side to `resize`, then the central `crop` square.
 
-    resize=None is the notebook's transform: a centre crop of the image as it is on disk, so images
+    resize=None is the notebook's view: the centre crop of the image as it is on disk, so images
     smaller than the crop are padded with black (kept as an option to reproduce the notebook).
     """
-    geometry: list[nn.Module] = []
-    if resize is not None:
+
+    def __init__(self, resize: int | None, crop: int) -> None:
         _check_crop_fits(resize, crop)
-        geometry.append(v2.Resize(resize, antialias=True))
-    geometry.append(v2.CenterCrop(crop))
-    return v2.Compose(
-        [*geometry, v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
-    )
+        self.resize, self.crop = resize, crop
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        return F.center_crop(resize_shorter_side(image, self.resize), [self.crop, self.crop])
 
 
-def ten_crop_transform(
-    resize: int | None, crop: int, mean: Sequence[float], std: Sequence[float]
-) -> v2.Compose:
+class ResizeTenCrop:
     """The paper's test view (section 4.1): the four corner and the centre `crop` squares and their
-    mirrors, as one tensor of shape (10, 3, crop, crop). View 4 is the plain centre crop."""
-    geometry: list[nn.Module] = []
-    if resize is not None:
+    mirrors, as one uint8 tensor of shape (10, 3, crop, crop). View 4 is ResizeCenterCrop's."""
+
+    def __init__(self, resize: int | None, crop: int) -> None:
         _check_crop_fits(resize, crop)
-        geometry.append(v2.Resize(resize, antialias=True))
-    else:
-        # The notebook's models saw the centre crop of the image as stored; all ten views come
-        # from that square (so the corner crops coincide with it).
-        geometry.append(v2.CenterCrop(crop))
-    return v2.Compose(
-        [
-            *geometry,
-            v2.TenCrop(crop),
-            v2.ToImage(),  # v2 transforms apply to each image of the tuple TenCrop returns
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(mean, std),
-            stack_views,
-        ]
-    )
+        self.resize, self.crop = resize, crop
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        if self.resize is None:
+            # The notebook's models saw the centre crop of the image as stored; all ten views come
+            # from that square (so the corner crops coincide with it).
+            image = F.center_crop(image, [self.crop, self.crop])
+        else:
+            image = resize_shorter_side(image, self.resize)
+        return torch.stack(F.ten_crop(image, [self.crop, self.crop]))
 
 
-def stack_views(views: Sequence[torch.Tensor]) -> torch.Tensor:
-    return torch.stack([torch.as_tensor(view) for view in views])
+class ToNormalizedFloat:
+    """A uint8 batch (..., 3, H, W) on the device to the float32 input of the network.
+
+    With lighting_std > 0, section 4.1's PCA lighting: each image gets eigvec @ (alpha * eigval)
+    added to all its 0..1 pixels, alpha ~ N(0, lighting_std) drawn per image. It changes intensity
+    and colour of the illumination, not the geometry, so it is the same before or after the crop.
+    """
+
+    def __init__(
+        self,
+        mean: Sequence[float],
+        std: Sequence[float],
+        lighting_std: float = 0.0,
+        eigenvalues: Sequence[float] = IMAGENET_EIGENVALUES,
+        eigenvectors: Sequence[Sequence[float]] = IMAGENET_EIGENVECTORS,
+    ) -> None:
+        if lighting_std < 0:
+            raise ValueError(
+                f"lighting std={lighting_std} must be >= 0 (the paper uses 0.1; 0 turns it off)"
+            )
+        self.lighting_std = lighting_std
+        self.constants = {
+            "mean": torch.tensor(mean, dtype=torch.float32),
+            "std": torch.tensor(std, dtype=torch.float32),
+            "eigenvalues": torch.tensor(eigenvalues, dtype=torch.float32),
+            "eigenvectors": torch.tensor(eigenvectors, dtype=torch.float32),
+        }
+        self.on_device: dict[torch.device, dict[str, torch.Tensor]] = {}
+
+    def _constants(self, device: torch.device) -> dict[str, torch.Tensor]:
+        # Copied to each device once, not on every batch.
+        if device not in self.on_device:
+            self.on_device[device] = {k: v.to(device) for k, v in self.constants.items()}
+        return self.on_device[device]
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        if images.dtype != torch.uint8:
+            raise TypeError(f"expected a uint8 image batch, got {images.dtype}")
+        c = self._constants(images.device)
+        pixels = images.float().div_(255)
+        if self.lighting_std > 0:
+            per_image = pixels.shape[:-3]
+            alpha = torch.randn(*per_image, 3, device=images.device) * self.lighting_std
+            shift = (alpha * c["eigenvalues"]) @ c["eigenvectors"].T  # eigvec @ (alpha * eigval)
+            pixels += shift[..., None, None]
+        return pixels.sub_(c["mean"][:, None, None]).div_(c["std"][:, None, None])

@@ -11,7 +11,9 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
+from alexnet_pl.datamodule import ImageFolderDataModule
 from alexnet_pl.demo_data import SHAPES, generate_demo_dataset
+from alexnet_pl.transforms import ResizeCenterCrop, ResizeRandomCropFlip, ToNormalizedFloat
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = PROJECT_ROOT / "conf"
@@ -29,6 +31,21 @@ SMALL_RUN = [
     "data.pin_memory=false",
     "trainer.log_every_n_steps=1",
 ]
+
+
+def small_datamodule(root: Path, batch_size: int = 4, decode: str = "cpu") -> ImageFolderDataModule:
+    """The DataModule with the paper's views at 72/67 px, in the main process."""
+    return ImageFolderDataModule(
+        root=str(root),
+        train_transform=ResizeRandomCropFlip(resize=72, crop=67),
+        val_transform=ResizeCenterCrop(resize=72, crop=67),
+        train_batch_transform=ToNormalizedFloat([0.5] * 3, [0.5] * 3, lighting_std=0.1),
+        val_batch_transform=ToNormalizedFloat([0.5] * 3, [0.5] * 3),
+        decode=decode,
+        batch_size=batch_size,
+        num_workers=0,
+        pin_memory=False,
+    )
 
 
 @pytest.fixture(scope="session")

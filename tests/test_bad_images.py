@@ -10,8 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from alexnet_pl.bad_images import BadImage, CheckedImageFolder, collate_skipping_bad
-from alexnet_pl.transforms import center_crop_transform
+from alexnet_pl.bad_images import BadImage
+from alexnet_pl.image_folder import ImageFolderDataset, collate_skipping_bad
+from alexnet_pl.transforms import ResizeCenterCrop
 from tests.conftest import SMALL_RUN, run_train_cli
 
 BROKEN = {"truncated.JPEG", "zero_bytes.JPEG", "broken_link.JPEG"}
@@ -39,14 +40,15 @@ def messy_root(image_root: Path, tmp_path: Path) -> Path:
     return root
 
 
-def test_odd_files_load_and_broken_ones_become_bad_images(messy_root):
-    transform = center_crop_transform(resize=72, crop=67, mean=[0.5] * 3, std=[0.5] * 3)
-    dataset = CheckedImageFolder(str(messy_root / "train"), transform)
-    results = {Path(path).name: dataset[i] for i, (path, _) in enumerate(dataset.samples)}
+@pytest.mark.parametrize("decode", ["cpu", "pil"])
+def test_odd_files_load_and_broken_ones_become_bad_images(messy_root, decode):
+    dataset = ImageFolderDataset(str(messy_root / "train"), ResizeCenterCrop(72, 67), decode)
+    results = {Path(dataset.index.path(i)).name: dataset[i] for i in range(len(dataset))}
     assert {name for name, item in results.items() if isinstance(item, BadImage)} == BROKEN
     for name in ODD_BUT_FINE:
         image, label = results[name]
         assert image.shape == (3, 67, 67) and dataset.classes[label] == "star"
+        assert image.dtype == torch.uint8
     assert ".DS_Store" not in results and "notes.txt" not in results  # not images by extension
 
 

@@ -5,23 +5,9 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from alexnet_pl.datamodule import ImageFolderDataModule, per_device_batch_size
+from alexnet_pl.datamodule import per_device_batch_size
 from alexnet_pl.demo_data import SHAPES, generate_demo_dataset
-from alexnet_pl.transforms import center_crop_transform
-
-MEAN, STD = [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]
-
-
-def small_datamodule(root: Path, batch_size: int = 4) -> ImageFolderDataModule:
-    transform = center_crop_transform(resize=72, crop=67, mean=MEAN, std=STD)
-    return ImageFolderDataModule(
-        root=str(root),
-        train_transform=transform,
-        val_transform=transform,
-        batch_size=batch_size,
-        num_workers=0,
-        pin_memory=False,
-    )
+from tests.conftest import small_datamodule
 
 
 def copy_of(image_root: Path, tmp_path: Path) -> Path:
@@ -32,17 +18,23 @@ def test_labels_follow_the_sorted_class_folders(image_root):
     datamodule = small_datamodule(image_root)
     datamodule.setup("fit")
     assert datamodule.class_names == sorted(SHAPES)
-    for path, label in datamodule.val_set.samples:
-        assert Path(path).parent.name == datamodule.class_names[label]
+    index = datamodule.val_set.index
+    for i, label in enumerate(index.labels):
+        assert Path(index.path(i)).parent.name == datamodule.class_names[label]
 
 
-def test_loaders_give_normalised_batches_of_the_per_device_size(image_root):
+def test_loaders_give_uint8_batches_of_the_per_device_size_made_float_on_the_device(image_root):
     datamodule = small_datamodule(image_root, batch_size=4)
     datamodule.setup("fit")
-    images, labels, undecodable = next(iter(datamodule.train_dataloader()))
+    batch = next(iter(datamodule.train_dataloader()))
+    images, labels, undecodable = batch
     assert undecodable == []  # the loader passes skipped files along for the report
-    assert images.shape == (4, 3, 67, 67) and images.dtype == torch.float32
+    assert images.shape == (4, 3, 67, 67) and images.dtype == torch.uint8
     assert labels.dtype == torch.int64 and labels.max() < len(SHAPES)
+    images, labels = datamodule.on_after_batch_transfer(
+        datamodule.on_before_batch_transfer(batch, 0), 0
+    )
+    assert images.dtype == torch.float32
     assert images.min() >= -1.0 - 1e-6 and images.max() <= 1.0 + 1e-6
 
 

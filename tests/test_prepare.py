@@ -13,9 +13,9 @@ import pytest
 import scipy.io
 from PIL import Image
 
-from alexnet_pl.datamodule import ImageFolderDataModule, list_classes
+from alexnet_pl.datamodule import list_classes
 from alexnet_pl.prepare import DEVKIT, TRAIN_TAR, VAL_TAR, main, read_devkit_labels
-from alexnet_pl.transforms import center_crop_transform
+from tests.conftest import small_datamodule
 
 # ILSVRC2012_ID -> wnid. As in the real devkit, the ids do not follow the sorted wnids, so a
 # reader that confused the two would put validation images in the wrong class.
@@ -293,15 +293,7 @@ def test_command_line_extracts_classes_in_worker_processes(tmp_path):
 def test_prepared_folder_feeds_the_datamodule(tmp_path, capsys):
     dest = tmp_path / "imagenet"
     prepare(capsys, make_official(tmp_path / "download"), dest)
-    transform = center_crop_transform(resize=72, crop=67, mean=[0.5] * 3, std=[0.5] * 3)
-    datamodule = ImageFolderDataModule(
-        root=str(dest),
-        train_transform=transform,
-        val_transform=transform,
-        batch_size=4,
-        num_workers=0,
-        pin_memory=False,
-    )
+    datamodule = small_datamodule(dest)
     datamodule.setup("fit")
     images, labels, undecodable = next(iter(datamodule.train_dataloader()))
     assert undecodable == []  # the loader passes skipped files along for the report
