@@ -78,8 +78,8 @@ def test_torchrun_launches_two_cpu_processes_that_train_into_one_folder(
             "alexnet_pl.train",
             *SMALL_RUN,
             f"data.root={larger_image_root}",
+            "trainer=ddp",  # DDPStrategy with gradient bucket views and the bf16 gradient hook
             "trainer.devices=2",
-            "trainer.strategy=ddp",
             "trainer.max_epochs=1",
             f"hydra.run.dir={run_dir}",
         ],

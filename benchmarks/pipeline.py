@@ -1,0 +1,159 @@
+"""Input pipeline throughput: images/s per CPU core and with N loader workers, against the
+baseline a user writes (torchvision ImageFolder + PIL + RandomResizedCrop/flip/ToTensor/Normalize),
+measured in the same run on the same generated ImageNet-sized JPEGs.
+
+    python benchmarks/pipeline.py [--images 512] [--workers 2] [--cache /tmp/alexnet_pl_bench]
+
+Every pipeline gives 227x227 training crops. Ours hand uint8 crops to the device, where they are
+made float, lit and normalised (the last table row shows what that costs if done on the CPU).
+"""
+
+import argparse
+import io
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, RandomSampler, default_collate
+from torchvision import transforms as T
+from torchvision.datasets import ImageFolder
+
+from alexnet_pl.image_folder import ImageFolderDataset, collate_skipping_bad
+from alexnet_pl.resized_copy import make_resized_copy
+from alexnet_pl.transforms import ResizeRandomCropFlip, ToNormalizedFloat
+
+MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+CROP, RESIZE = 227, 256
+# ImageNet's commonest sizes; its JPEGs average about 110 KB, which these match at quality 90.
+SIZES = [(500, 375), (500, 333), (375, 500), (500, 500), (400, 300)]
+
+
+def photo_like_jpeg(rng: np.random.Generator, width: int, height: int) -> bytes:
+    """Smooth colour fields plus sensor-like noise: compresses (and decodes) like a photograph."""
+    coarse = rng.integers(0, 256, (height // 20 + 1, width // 20 + 1, 3), dtype=np.uint8)
+    smooth = np.asarray(Image.fromarray(coarse).resize((width, height), Image.Resampling.BICUBIC))
+    noisy = smooth.astype(np.int16) + rng.normal(0, 24, smooth.shape).astype(np.int16)
+    buffer = io.BytesIO()
+    Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def generate(root: Path, images: int) -> Path:
+    marker = root / f".complete-{images}"
+    if not marker.exists():
+        rng = np.random.default_rng(0)
+        for i in range(images):
+            folder = root / "train" / f"class_{i % 4}"
+            folder.mkdir(parents=True, exist_ok=True)
+            width, height = SIZES[i % len(SIZES)]
+            (folder / f"{i:06d}.JPEG").write_bytes(photo_like_jpeg(rng, width, height))
+        marker.touch()
+    return root
+
+
+def baseline(root: Path) -> ImageFolder:
+    """What the torchvision reference script and most tutorials do."""
+    transform = T.Compose(
+        [
+            T.RandomResizedCrop(CROP),
+            T.RandomHorizontalFlip(),
+            T.ToTensor(),
+            T.Normalize(MEAN, STD),
+        ]
+    )
+    return ImageFolder(str(root / "train"), transform)
+
+
+def ours(root: Path, decode: str) -> ImageFolderDataset:
+    return ImageFolderDataset(str(root / "train"), ResizeRandomCropFlip(RESIZE, CROP), decode)
+
+
+def per_core(dataset, collate: Callable, batch: int, repeats: int) -> float:
+    """Images/s of one process on one thread: read, decode, transform, collate."""
+    torch.set_num_threads(1)
+    rates = []
+    for _ in range(repeats):
+        order = torch.randperm(len(dataset)).tolist()
+        start = time.perf_counter()
+        for first in range(0, len(order), batch):
+            collate([dataset[i] for i in order[first : first + batch]])
+        rates.append(len(order) / (time.perf_counter() - start))
+    return statistics.median(rates)
+
+
+def with_workers(dataset, collate: Callable, batch: int, workers: int, samples: int) -> float:
+    """Images/s delivered by a DataLoader with `workers` processes, after the first batch."""
+    loader = DataLoader(
+        dataset,
+        batch_size=batch,
+        sampler=RandomSampler(dataset, replacement=True, num_samples=samples),
+        num_workers=workers,
+        collate_fn=collate,
+        prefetch_factor=4,
+    )
+    batches = iter(loader)
+    next(batches)  # worker start-up is paid once per run, not per image
+    start, count = time.perf_counter(), 0
+    for images, *_ in batches:
+        count += len(images)
+    return count / (time.perf_counter() - start)
+
+
+def device_side_on_cpu(batch: int, repeats: int = 5) -> float:
+    images = torch.randint(0, 256, (batch, 3, CROP, CROP), dtype=torch.uint8)
+    to_float = ToNormalizedFloat(MEAN, STD, lighting_std=0.1)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        to_float(images)
+    return batch * repeats / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=512)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--cache", type=Path, default=Path("/tmp/alexnet_pl_bench"))
+    args = parser.parse_args()
+
+    originals = generate(args.cache / f"originals-{args.images}", args.images)
+    prepared = args.cache / f"resized-{args.images}"
+    make_resized_copy(originals, prepared, RESIZE, quality=90, workers=args.workers)
+    kb = np.mean([p.stat().st_size for p in (originals / "train").rglob("*.JPEG")]) / 1024
+    kb_prepared = np.mean([p.stat().st_size for p in (prepared / "train").rglob("*.JPEG")]) / 1024
+
+    rows = [
+        ("baseline: ImageFolder + PIL, float on CPU", "originals", baseline(originals)),
+        ("ours, data.decode=pil", "originals", ours(originals, "pil")),
+        ("ours, data.decode=cpu (default)", "originals", ours(originals, "cpu")),
+        ("baseline: ImageFolder + PIL, float on CPU", "prepared 256", baseline(prepared)),
+        ("ours, data.decode=cpu (default)", "prepared 256", ours(prepared, "cpu")),
+    ]
+    print(f"{args.images} JPEGs, originals {kb:.0f} KB average, prepared copy {kb_prepared:.0f} KB")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads available\n")
+    workers = f"{args.workers} workers"
+    print(f"| pipeline | data | img/s per core | x baseline | img/s, {workers} | x baseline |")
+    print("|---|---|---:|---:|---:|---:|")
+    reference = None
+    for name, data, dataset in rows:
+        collate = default_collate if isinstance(dataset, ImageFolder) else collate_skipping_bad
+        core = per_core(dataset, collate, args.batch, args.repeats)
+        loader = with_workers(dataset, collate, args.batch, args.workers, 6 * args.batch)
+        reference = reference or (core, loader)
+        print(
+            f"| {name} | {data} | {core:.0f} | {core / reference[0]:.2f} | {loader:.0f} | "
+            f"{loader / reference[1]:.2f} |"
+        )
+    rate = device_side_on_cpu(args.batch)
+    print(
+        f"\nours' device-side step (float, lighting, normalise) if run on the CPU: {rate:.0f} img/s"
+    )
+
+
+if __name__ == "__main__":
+    main()
