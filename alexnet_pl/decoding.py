@@ -98,6 +98,16 @@ class EncodedBatch:
         return len(self.images)
 
 
+def decode_one(image: EncodedImage, device: torch.device) -> torch.Tensor:
+    """One image on its own: nvjpeg, else libjpeg-turbo, else PIL (which raises what is wrong)."""
+    if image.data.dim() == 3:  # decoded in the worker
+        return image.data.to(device, non_blocking=True)
+    try:
+        return decode_jpeg(image.data, mode=ImageReadMode.RGB, device=device)
+    except RuntimeError:
+        return decode_on_cpu(image.path).to(device, non_blocking=True)
+
+
 def decode_on_device(
     batch: EncodedBatch, device: torch.device, view: Callable[[torch.Tensor], torch.Tensor]
 ) -> tuple[torch.Tensor | None, list[int], list[BadImage]]:
@@ -107,22 +117,19 @@ def decode_on_device(
     encoded = [i for i, image in enumerate(batch.images) if image.data.dim() == 1]
     decoded: dict[int, torch.Tensor] = {}
     try:
-        batch_data = [batch.images[i].data for i in encoded]
-        together = decode_jpeg(batch_data, mode=ImageReadMode.RGB, device=device)
-        decoded.update(zip(encoded, together, strict=True))
+        if encoded:
+            batch_data = [batch.images[i].data for i in encoded]
+            together = decode_jpeg(batch_data, mode=ImageReadMode.RGB, device=device)
+            decoded.update(zip(encoded, together, strict=True))
     except RuntimeError:
-        pass  # one damaged file fails the whole call: decode one by one below to find it
+        pass  # one damaged file fails the whole call: the loop below finds it
     bad = []
     for i, image in enumerate(batch.images):
-        if i in decoded:
-            continue
-        if image.data.dim() == 3:
-            decoded[i] = image.data.to(device, non_blocking=True)
-            continue
-        try:
-            decoded[i] = decode_on_cpu(image.path).to(device, non_blocking=True)
-        except DECODE_ERRORS as error:
-            bad.append(BadImage(image.path, f"{type(error).__name__}: {error}"))
+        if i not in decoded:
+            try:
+                decoded[i] = decode_one(image, device)
+            except DECODE_ERRORS as error:
+                bad.append(BadImage(image.path, f"{type(error).__name__}: {error}"))
     kept = sorted(decoded)
     if not kept:
         return None, kept, bad

@@ -10,6 +10,7 @@ made float, lit and normalised (the last table row shows what that costs if done
 
 import argparse
 import io
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -72,21 +73,18 @@ def ours(root: Path, decode: str) -> ImageFolderDataset:
     return ImageFolderDataset(str(root / "train"), ResizeRandomCropFlip(RESIZE, CROP), decode)
 
 
-def per_core(dataset, collate: Callable, batch: int, repeats: int) -> float:
-    """Images/s of one process on one thread: read, decode, transform, collate."""
-    torch.set_num_threads(1)
-    rates = []
-    for _ in range(repeats):
-        order = torch.randperm(len(dataset)).tolist()
-        start = time.perf_counter()
-        for first in range(0, len(order), batch):
-            collate([dataset[i] for i in order[first : first + batch]])
-        rates.append(len(order) / (time.perf_counter() - start))
-    return statistics.median(rates)
+def with_workers(
+    dataset, collate: Callable, batch: int, workers: int, samples: int, repeats: int
+) -> float:
+    """Images/s delivered by a DataLoader with `workers` processes (one thread each), after the
+    first batch; the median of `repeats` runs. With one worker: the rate of one CPU core, all of
+    a worker's work included (read, decode, transform, collate into shared memory)."""
+    return statistics.median(
+        one_loader_run(dataset, collate, batch, workers, samples) for _ in range(repeats)
+    )
 
 
-def with_workers(dataset, collate: Callable, batch: int, workers: int, samples: int) -> float:
-    """Images/s delivered by a DataLoader with `workers` processes, after the first batch."""
+def one_loader_run(dataset, collate: Callable, batch: int, workers: int, samples: int) -> float:
     loader = DataLoader(
         dataset,
         batch_size=batch,
@@ -117,7 +115,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=512)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="median of this many runs")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/alexnet_pl_bench"))
     args = parser.parse_args()
 
@@ -135,15 +133,17 @@ def main() -> None:
         ("ours, data.decode=cpu (default)", "prepared 256", ours(prepared, "cpu")),
     ]
     print(f"{args.images} JPEGs, originals {kb:.0f} KB average, prepared copy {kb_prepared:.0f} KB")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads available\n")
+    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs; per core = one loader worker\n")
     workers = f"{args.workers} workers"
     print(f"| pipeline | data | img/s per core | x baseline | img/s, {workers} | x baseline |")
     print("|---|---|---:|---:|---:|---:|")
     reference = None
     for name, data, dataset in rows:
         collate = default_collate if isinstance(dataset, ImageFolder) else collate_skipping_bad
-        core = per_core(dataset, collate, args.batch, args.repeats)
-        loader = with_workers(dataset, collate, args.batch, args.workers, 6 * args.batch)
+        core = with_workers(dataset, collate, args.batch, 1, 4 * args.batch, args.repeats)
+        loader = with_workers(
+            dataset, collate, args.batch, args.workers, 4 * args.workers * args.batch, args.repeats
+        )
         reference = reference or (core, loader)
         print(
             f"| {name} | {data} | {core:.0f} | {core / reference[0]:.2f} | {loader:.0f} | "

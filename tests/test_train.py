@@ -50,3 +50,28 @@ def test_command_line_overrides_reach_the_objects(compose_config, image_root):
     assert optimizer.param_groups[0]["lr"] == pytest.approx(3e-4)
     assert optimizer.defaults["fused"] is True
     assert trainer.lightning_module.network.classifier[0].p == 0.2
+
+
+def test_gpu_step_switches_reach_the_module_and_keep_checkpoint_keys(compose_config, image_root):
+    cfg = compose_config(
+        *SMALL_RUN,
+        f"data.root={image_root}",
+        "channels_last=true",
+        "compile={backend: eager}",  # inductor's compile takes minutes on 2 cores; same path
+        "trainer.fast_dev_run=true",
+    )
+    trainer = train(cfg)
+    network = trainer.lightning_module.network
+    assert network.features[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert network._compiled_call_impl is not None  # nn.Module.compile ran
+    # Compiled in place: the keys are those of an uncompiled network, so checkpoints interchange.
+    assert all("_orig_mod" not in key for key in trainer.lightning_module.state_dict())
+
+
+def test_ddp_trainer_config_builds_bucket_views_and_the_bf16_gradient_hook(compose_config):
+    from hydra.utils import instantiate
+    from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import bf16_compress_hook
+
+    strategy = instantiate(compose_config("trainer=ddp").trainer.strategy)
+    assert strategy._ddp_kwargs["gradient_as_bucket_view"] is True
+    assert strategy._ddp_comm_hook is bf16_compress_hook
