@@ -30,6 +30,8 @@ def test_loaders_give_uint8_batches_of_the_per_device_size_made_float_on_the_dev
     images, labels, undecodable = batch
     assert undecodable == []  # the loader passes skipped files along for the report
     assert images.shape == (4, 3, 67, 67) and images.dtype == torch.uint8
+    # Stacked in the decoder's height-width-channel memory: a plain copy, no transpose.
+    assert images.is_contiguous(memory_format=torch.channels_last)
     assert labels.dtype == torch.int64 and labels.max() < len(SHAPES)
     images, labels = datamodule.on_after_batch_transfer(
         datamodule.on_before_batch_transfer(batch, 0), 0
