@@ -73,18 +73,10 @@ def ours(root: Path, decode: str) -> ImageFolderDataset:
     return ImageFolderDataset(str(root / "train"), ResizeRandomCropFlip(RESIZE, CROP), decode)
 
 
-def with_workers(
-    dataset, collate: Callable, batch: int, workers: int, samples: int, repeats: int
-) -> float:
+def loader_rate(dataset, collate: Callable, batch: int, workers: int, samples: int) -> float:
     """Images/s delivered by a DataLoader with `workers` processes (one thread each), after the
-    first batch; the median of `repeats` runs. With one worker: the rate of one CPU core, all of
-    a worker's work included (read, decode, transform, collate into shared memory)."""
-    return statistics.median(
-        one_loader_run(dataset, collate, batch, workers, samples) for _ in range(repeats)
-    )
-
-
-def one_loader_run(dataset, collate: Callable, batch: int, workers: int, samples: int) -> float:
+    first batch. With one worker: the rate of one CPU core, all of a worker's work included
+    (read, decode, transform, collate into shared memory)."""
     loader = DataLoader(
         dataset,
         batch_size=batch,
@@ -115,7 +107,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=512)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=3, help="median of this many runs")
+    parser.add_argument("--repeats", type=int, default=5, help="median of this many runs")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/alexnet_pl_bench"))
     args = parser.parse_args()
 
@@ -137,17 +129,22 @@ def main() -> None:
     workers = f"{args.workers} workers"
     print(f"| pipeline | data | img/s per core | x baseline | img/s, {workers} | x baseline |")
     print("|---|---|---:|---:|---:|---:|")
-    reference = None
-    for name, data, dataset in rows:
-        collate = default_collate if isinstance(dataset, ImageFolder) else collate_skipping_bad
-        core = with_workers(dataset, collate, args.batch, 1, 4 * args.batch, args.repeats)
-        loader = with_workers(
-            dataset, collate, args.batch, args.workers, 4 * args.workers * args.batch, args.repeats
-        )
-        reference = reference or (core, loader)
+    # Round robin: every repeat measures every row, so a machine that slows down for a while
+    # (a shared VM) slows all rows alike; the table shows the median of each.
+    rates: dict[int, list[tuple[float, float]]] = {i: [] for i in range(len(rows))}
+    for _ in range(args.repeats):
+        for i, (_, _, dataset) in enumerate(rows):
+            collate = default_collate if isinstance(dataset, ImageFolder) else collate_skipping_bad
+            core = loader_rate(dataset, collate, args.batch, 1, 4 * args.batch)
+            samples = 4 * args.workers * args.batch
+            rates[i].append(
+                (core, loader_rate(dataset, collate, args.batch, args.workers, samples))
+            )
+    medians = [tuple(statistics.median(r[k] for r in rates[i]) for k in (0, 1)) for i in rates]
+    for (name, data, _), (core, loader) in zip(rows, medians, strict=True):
         print(
-            f"| {name} | {data} | {core:.0f} | {core / reference[0]:.2f} | {loader:.0f} | "
-            f"{loader / reference[1]:.2f} |"
+            f"| {name} | {data} | {core:.0f} | {core / medians[0][0]:.2f} | {loader:.0f} | "
+            f"{loader / medians[0][1]:.2f} |"
         )
     rate = device_side_on_cpu(args.batch)
     print(
