@@ -44,11 +44,14 @@ def photo_like_jpeg(rng: np.random.Generator, width: int, height: int) -> bytes:
 
 
 def generate(root: Path, images: int) -> Path:
-    marker = root / f".complete-{images}"
+    """`images` train images in 4 classes, and 2 val images per class (step.py --data trains on
+    the folder, and the DataModule wants both splits)."""
+    marker = root / ".complete"
     if not marker.exists():
         rng = np.random.default_rng(0)
-        for i in range(images):
-            folder = root / "train" / f"class_{i % 4}"
+        splits = [("train", i) for i in range(images)] + [("val", i) for i in range(8)]
+        for split, i in splits:
+            folder = root / split / f"class_{i % 4}"
             folder.mkdir(parents=True, exist_ok=True)
             width, height = SIZES[i % len(SIZES)]
             (folder / f"{i:06d}.JPEG").write_bytes(photo_like_jpeg(rng, width, height))
