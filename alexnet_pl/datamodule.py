@@ -148,6 +148,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
         images, labels = batch
         training = self.trainer is not None and self.trainer.training
         if isinstance(images, EncodedBatch):
+            # data.decode=gpu: decoded here, in the main process, as CUDA cannot run in workers.
             view = self.train_transform if training else self.val_transform
             images, kept, bad = decode_on_device(images, labels.device, view)
             if bad and self.strict:
