@@ -108,10 +108,9 @@ def collate_skipping_bad(samples: list) -> tuple:
     bad = [sample for sample in samples if isinstance(sample, BadImage)]
     if not good:
         return None, None, bad
-    if isinstance(good[0][0], EncodedImage):  # decode=gpu: decoded after the transfer
-        images, labels = zip(*good, strict=True)
-        return EncodedBatch(list(images)), default_collate(labels), bad
     images, labels = zip(*good, strict=True)
+    if isinstance(images[0], EncodedImage):  # decode=gpu: decoded after the transfer
+        return EncodedBatch(list(images)), default_collate(labels), bad
     return stack_images(images), default_collate(labels), bad
 
 

@@ -42,12 +42,22 @@ def image_files(paths: list[Path]) -> Iterator[Path]:
             yield path
 
 
+class CentreCropInput:
+    """The decoder, view and normalisation that training validated with, for one file."""
+
+    def __init__(self, model: TrainedModel) -> None:
+        self.view = ResizeCenterCrop(model.resize, model.crop)
+        self.to_float = ToNormalizedFloat(model.mean, model.std)
+
+    def __call__(self, path: Path) -> torch.Tensor:
+        return self.to_float(self.view(decode_on_cpu(str(path)))[None])
+
+
 @torch.no_grad()
-def predict_file(model: TrainedModel, names: list[str], path: Path, top_k: int) -> list:
-    # The decoder, view and normalisation that training validated with.
-    view = ResizeCenterCrop(model.resize, model.crop)
-    images = ToNormalizedFloat(model.mean, model.std)(view(decode_on_cpu(str(path)))[None])
-    probabilities = model.network(images).softmax(dim=1)[0]
+def predict_file(
+    model: TrainedModel, network_input: CentreCropInput, names: list[str], path: Path, top_k: int
+) -> list:
+    probabilities = model.network(network_input(path)).softmax(dim=1)[0]
     values, indices = probabilities.topk(min(top_k, len(names)))
     ranked = zip(values.tolist(), indices.tolist(), strict=True)
     return [{"class": names[index], "probability": value} for value, index in ranked]
@@ -62,11 +72,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     model = load_trained_model(args.checkpoint)
+    network_input = CentreCropInput(model)
     names = readable_class_names(model.class_names)
     predictions, failures = {}, {}
     for path in image_files(args.images):
         try:
-            predictions[str(path)] = predict_file(model, names, path, args.top_k)
+            predictions[str(path)] = predict_file(model, network_input, names, path, args.top_k)
         except DECODE_ERRORS as error:  # the same failures training skips
             failures[str(path)] = f"{type(error).__name__}: {error}"
             print(f"cannot read {path}: {error}", file=sys.stderr)

@@ -9,6 +9,7 @@ other. Parallel and resumable: each image is written to a hidden partial file an
 second run skips what is already there. A file that cannot be decoded is listed, not copied.
 """
 
+import io
 import json
 import os
 from concurrent.futures import ProcessPoolExecutor
@@ -43,27 +44,32 @@ def target_size(width: int, height: int, shorter_side: int) -> tuple[int, int]:
     return max(shorter_side, round(width * scale)), shorter_side
 
 
+def resized_jpeg(source: Path, shorter_side: int, quality: int) -> bytes:
+    """The copy's bytes: the source's own if it is already an RGB JPEG of the size (nothing lost),
+    else the resized image encoded anew. Raises DECODE_ERRORS for a file that cannot be decoded."""
+    with Image.open(source) as image:
+        size = target_size(*image.size, shorter_side)
+        unchanged = image.format == "JPEG" and image.mode == "RGB" and image.size == size
+        # JPEG: let libjpeg-turbo scale by 1/2, 1/4 or 1/8 while decoding (never below the
+        # target size), which makes large photos several times faster to shrink.
+        image.draft("RGB", size)
+        rgb = image.convert("RGB")  # decodes the whole file: a damaged one fails here
+    if unchanged:
+        return source.read_bytes()
+    buffer = io.BytesIO()
+    rgb.resize(size, Image.Resampling.BICUBIC).save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
 def resize_file(source: Path, dest: Path, shorter_side: int, quality: int) -> str | None:
     """Writes `dest`; returns None, or why the source could not be decoded."""
     try:
-        with Image.open(source) as image:
-            size = target_size(*image.size, shorter_side)
-            if image.format == "JPEG" and image.mode == "RGB" and image.size == size:
-                data = source.read_bytes()  # already right: keep the bytes, lose nothing
-                image = None
-            else:
-                # JPEG: let libjpeg-turbo scale by 1/2, 1/4 or 1/8 while decoding (never below
-                # the target size), which makes large photos several times faster to shrink.
-                image.draft("RGB", size)
-                image = image.convert("RGB").resize(size, Image.Resampling.BICUBIC)
+        data = resized_jpeg(source, shorter_side, quality)
     except DECODE_ERRORS as error:
         return f"{type(error).__name__}: {error}"
     dest.parent.mkdir(parents=True, exist_ok=True)
     partial = dest.with_name(f".{dest.name}.partial")  # hidden, and not an image extension
-    if image is None:
-        partial.write_bytes(data)
-    else:
-        image.save(partial, format="JPEG", quality=quality)
+    partial.write_bytes(data)
     os.replace(partial, dest)  # an interrupted run never leaves a half-written image
     return None
 

@@ -71,3 +71,12 @@ def test_finishing_a_copy_with_other_settings_is_refused(source, tmp_path, capsy
 def test_copy_inside_the_source_is_refused(source, capsys):
     assert resized(source, source / "inside") == 1
     assert "must be outside --source" in capsys.readouterr().err
+
+
+def test_damaged_jpeg_already_at_the_size_is_listed_not_copied(source, tmp_path, capsys):
+    star = source / "train" / "star"
+    (star / "cut_48.JPEG").write_bytes((star / "already_48.JPEG").read_bytes()[:300])
+    dest = tmp_path / "copy"
+    resized(source, dest)
+    assert not (dest / "train" / "star" / "cut_48.JPEG").exists()
+    assert "cut_48.JPEG" in (dest / ERRORS_FILE).read_text()
