@@ -18,12 +18,12 @@ from torch.utils.data import DataLoader, Sampler
 from torchmetrics import MeanMetric, SumMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from alexnet_pl.bad_images import BadImageReport
 from alexnet_pl.checkpoint import TrainedModel, load_trained_model
-from alexnet_pl.datamodule import classes_only_in, list_classes
-from alexnet_pl.image_folder import ImageFolderDataset, collate_skipping_bad
+from alexnet_pl.data.bad_images import BadImageReport
+from alexnet_pl.data.datamodule import classes_only_in, list_classes
+from alexnet_pl.data.image_folder import ImageFolderDataset, collate_skipping_bad
+from alexnet_pl.data.transforms import ResizeTenCrop, ToNormalizedFloat
 from alexnet_pl.run_record import write_json_atomically
-from alexnet_pl.transforms import ResizeTenCrop, ToNormalizedFloat
 
 log = logging.getLogger(__name__)
 CENTRE_VIEW = 4  # TenCrop's order: four corners, centre, then the same five mirrored

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import torch
 
-from alexnet_pl.bad_images import DECODE_ERRORS
 from alexnet_pl.checkpoint import TrainedModel, load_trained_model
-from alexnet_pl.decoding import decode_on_cpu
-from alexnet_pl.transforms import ResizeCenterCrop, ToNormalizedFloat
+from alexnet_pl.data.bad_images import DECODE_ERRORS
+from alexnet_pl.data.decoding import decode_on_cpu
+from alexnet_pl.data.transforms import ResizeCenterCrop, ToNormalizedFloat
 
 WNID = re.compile(r"n\d{8}")
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from alexnet_pl.datamodule import per_device_batch_size
+from alexnet_pl.data.datamodule import per_device_batch_size
 
 # Model settings that change the shapes of the weights: a checkpoint only loads into the same.
 SHAPE_SETTINGS = ("num_classes", "groups")

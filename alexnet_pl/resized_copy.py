@@ -20,7 +20,7 @@ from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from tqdm import tqdm
 
-from alexnet_pl.bad_images import DECODE_ERRORS
+from alexnet_pl.data.bad_images import DECODE_ERRORS
 
 SETTINGS_FILE = ".resized.json"  # the size and quality a copy was made with
 ERRORS_FILE = "resize_errors.tsv"

@@ -14,9 +14,9 @@ from pathlib import Path
 from torchvision.datasets import ImageFolder
 from tqdm import tqdm
 
-from alexnet_pl.bad_images import DECODE_ERRORS
-from alexnet_pl.datamodule import SPLITS
-from alexnet_pl.decoding import decode_on_cpu
+from alexnet_pl.data.bad_images import DECODE_ERRORS
+from alexnet_pl.data.datamodule import SPLITS
+from alexnet_pl.data.decoding import decode_on_cpu
 
 CHUNK = 256  # files per task: amortises process round trips over many small decodes
 

@@ -23,9 +23,9 @@ from torch.utils.data import DataLoader, RandomSampler, default_collate
 from torchvision import transforms as T
 from torchvision.datasets import ImageFolder
 
-from alexnet_pl.image_folder import ImageFolderDataset, collate_skipping_bad
+from alexnet_pl.data.image_folder import ImageFolderDataset, collate_skipping_bad
+from alexnet_pl.data.transforms import ResizeRandomCropFlip, ToNormalizedFloat
 from alexnet_pl.resized_copy import make_resized_copy
-from alexnet_pl.transforms import ResizeRandomCropFlip, ToNormalizedFloat
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 CROP, RESIZE = 227, 256

@@ -25,10 +25,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from alexnet_pl.datamodule import ImageFolderDataModule, list_classes
+from alexnet_pl.data.datamodule import ImageFolderDataModule, list_classes
+from alexnet_pl.data.transforms import ResizeCenterCrop, ResizeRandomCropFlip, ToNormalizedFloat
 from alexnet_pl.module import AlexNetModule
 from alexnet_pl.network import AlexNet
-from alexnet_pl.transforms import ResizeCenterCrop, ResizeRandomCropFlip, ToNormalizedFloat
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from alexnet_pl.image_folder import ImageIndex
+from alexnet_pl.data.image_folder import ImageIndex
 
 CLASSES = 1000
 

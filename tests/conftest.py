@@ -5,15 +5,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
+from PIL import Image
 
-from alexnet_pl.datamodule import ImageFolderDataModule
-from alexnet_pl.demo_data import SHAPES, generate_demo_dataset
-from alexnet_pl.transforms import ResizeCenterCrop, ResizeRandomCropFlip, ToNormalizedFloat
+from alexnet_pl.data.datamodule import ImageFolderDataModule
+from alexnet_pl.data.demo_data import SHAPES, generate_demo_dataset
+from alexnet_pl.data.transforms import ResizeCenterCrop, ResizeRandomCropFlip, ToNormalizedFloat
+from tests.probes import colour_of_index
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = PROJECT_ROOT / "conf"
@@ -57,6 +60,26 @@ def image_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def indexed_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Images that say which they are: 4 classes of 10 train and 2 val images, image i (ImageFolder
+    order, train then val) one flat colour, probes.colour_of_index(i), of a random size from 70 to
+    120 px. tests/probes.py BatchRecorder reads the indices back from the batches."""
+    root = tmp_path_factory.mktemp("indexed")
+    rng = np.random.default_rng(0)
+    index = 0
+    for split, per_class in (("train", 10), ("val", 2)):
+        for k in range(4):
+            folder = root / split / f"class_{k}"
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                size = tuple(int(s) for s in rng.integers(70, 121, size=2))
+                image = Image.new("RGB", size, colour_of_index(index))
+                image.save(folder / f"{i:02d}.JPEG", quality=95)
+                index += 1
+    return root
+
+
+@pytest.fixture(scope="session")
 def larger_image_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Enough images for a few optimizer steps per epoch: 10 classes, 4 train + 2 val each."""
     root = tmp_path_factory.mktemp("images") / "shapes"
@@ -64,10 +87,18 @@ def larger_image_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def run_train_cli(*overrides: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Runs `python -m alexnet_pl.train` as a user would, from `cwd`; returns what it printed."""
+def cli_environment() -> dict[str, str]:
+    """The environment of a CLI run: the project root on PYTHONPATH, so that `tests.probes`
+    callbacks can be added with `+callbacks.<name>._target_=tests.probes.<Class>`."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "1"}
     env.pop("PL_GLOBAL_SEED", None)  # the tests' own seeding must not leak into the run
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+def run_train_cli(*overrides: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Runs `python -m alexnet_pl.train` as a user would, from `cwd`; returns what it printed."""
+    env = cli_environment()
     return subprocess.run(
         [sys.executable, "-m", "alexnet_pl.train", *overrides],
         cwd=cwd,

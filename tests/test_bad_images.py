@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from alexnet_pl.bad_images import BadImage
-from alexnet_pl.image_folder import ImageFolderDataset, collate_skipping_bad
-from alexnet_pl.transforms import ResizeCenterCrop
+from alexnet_pl.data.bad_images import BadImage
+from alexnet_pl.data.image_folder import ImageFolderDataset, collate_skipping_bad
+from alexnet_pl.data.transforms import ResizeCenterCrop
 from tests.conftest import SMALL_RUN, run_train_cli
 
 BROKEN = {"truncated.JPEG", "zero_bytes.JPEG", "broken_link.JPEG"}

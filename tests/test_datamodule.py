@@ -5,8 +5,8 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from alexnet_pl.datamodule import per_device_batch_size
-from alexnet_pl.demo_data import SHAPES, generate_demo_dataset
+from alexnet_pl.data.datamodule import per_device_batch_size
+from alexnet_pl.data.demo_data import SHAPES, generate_demo_dataset
 from tests.conftest import small_datamodule
 
 

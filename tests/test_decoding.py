@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 from torchvision.datasets import ImageFolder
 
-from alexnet_pl.decoding import EncodedBatch, jpeg_components, read_encoded
-from alexnet_pl.image_folder import ImageFolderDataset, ImageIndex
-from alexnet_pl.transforms import ResizeCenterCrop
+from alexnet_pl.data.decoding import EncodedBatch, jpeg_components, read_encoded
+from alexnet_pl.data.image_folder import ImageFolderDataset, ImageIndex
+from alexnet_pl.data.transforms import ResizeCenterCrop
 from tests.conftest import small_datamodule
 
 DECODERS = ["pil", "cpu", "gpu"]

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from alexnet_pl.demo_data import SHAPES
+from alexnet_pl.data.demo_data import SHAPES
 from alexnet_pl.predict import readable_class_names
 
 

@@ -13,7 +13,7 @@ import pytest
 import scipy.io
 from PIL import Image
 
-from alexnet_pl.datamodule import list_classes
+from alexnet_pl.data.datamodule import list_classes
 from alexnet_pl.prepare import DEVKIT, TRAIN_TAR, VAL_TAR, main, read_devkit_labels
 from tests.conftest import small_datamodule
 

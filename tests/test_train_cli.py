@@ -7,7 +7,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from alexnet_pl.demo_data import SHAPES
+from alexnet_pl.data.demo_data import SHAPES
 from tests.conftest import SMALL_RUN, run_train_cli
 
 

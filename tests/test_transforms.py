@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from alexnet_pl.transforms import (
+from alexnet_pl.data.transforms import (
     ResizeCenterCrop,
     ResizeRandomCropFlip,
     ResizeTenCrop,

@@ -18,7 +18,7 @@ import torch
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2.functional import pil_to_tensor
 
-from alexnet_pl.bad_images import DECODE_ERRORS, BadImage, load_rgb
+from alexnet_pl.data.bad_images import DECODE_ERRORS, BadImage, load_rgb
 
 # torchvision 0.29 announces that its image codecs will move to TorchCodec; they are still the
 # libjpeg-turbo and nvjpeg decoders this project is measured with. Swap when they are removed.

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from alexnet_pl.datamodule import ImageFolderDataModule
+from alexnet_pl.data.datamodule import ImageFolderDataModule
 
 SHAPES = (
     "checkerboard",

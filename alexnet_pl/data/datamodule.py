@@ -10,9 +10,9 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from alexnet_pl.bad_images import BadImageError, BadImageReport
-from alexnet_pl.decoding import EncodedBatch, check_decoder, decode_on_device
-from alexnet_pl.image_folder import ImageFolderDataset, collate_skipping_bad, strict_message
+from alexnet_pl.data.bad_images import BadImageError, BadImageReport
+from alexnet_pl.data.decoding import EncodedBatch, check_decoder, decode_on_device
+from alexnet_pl.data.image_folder import ImageFolderDataset, collate_skipping_bad, strict_message
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val")

@@ -16,8 +16,8 @@ import torch
 from torch.utils.data import Dataset, default_collate
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
-from alexnet_pl.bad_images import DECODE_ERRORS, BadImage, BadImageError
-from alexnet_pl.decoding import (
+from alexnet_pl.data.bad_images import DECODE_ERRORS, BadImage, BadImageError
+from alexnet_pl.data.decoding import (
     EncodedBatch,
     EncodedImage,
     check_decoder,
