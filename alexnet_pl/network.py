@@ -5,6 +5,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from alexnet_pl.lrn import LocalResponseNorm
+
 # With 227x227 input every layer divides exactly and the last pool gives 6x6x256. The smallest input
 # for which every pooling window still fits is 67x67 (it reaches the classifier as 1x1, which the
 # adaptive pool spreads to 6x6); anything below that raises in the first layer that no longer fits.
@@ -14,11 +16,12 @@ SMALLEST_INPUT_SIZE = 67
 Init = Literal["paper", "pytorch"]
 
 
-def local_response_norm() -> nn.LocalResponseNorm:
-    # Paper, section 3.3: k=2, n=5, alpha=1e-4, beta=0.75. nn.LocalResponseNorm divides alpha by n
-    # (as cuda-convnet and Caffe do), so this is the convention the published models were trained
-    # with, not the formula as printed in the paper.
-    return nn.LocalResponseNorm(size=5, alpha=1e-4, beta=0.75, k=2.0)
+def local_response_norm(groups: int) -> LocalResponseNorm:
+    # Paper, section 3.3: k=2, n=5, alpha=1e-4, beta=0.75. Like nn.LocalResponseNorm this divides
+    # alpha by n (as cuda-convnet and Caffe do), so this is the convention the published models were
+    # trained with, not the formula as printed in the paper. With two towers each GPU of the paper
+    # normalised its own half of the maps: the window of 5 stops at the tower's edge.
+    return LocalResponseNorm(size=5, alpha=1e-4, beta=0.75, k=2.0, groups=groups)
 
 
 class AlexNet(nn.Module):
@@ -26,7 +29,8 @@ class AlexNet(nn.Module):
 
     groups=1 is one tower (62,378,344 parameters for 1000 classes). groups=2 is the paper's
     two-GPU connectivity: conv2, conv4 and conv5 see only their own tower's half of the previous
-    layer, while conv3 and the fully connected layers see both (60,965,224 parameters).
+    layer, while conv3 and the fully connected layers see both (60,965,224 parameters), and the
+    response normalisations after conv1 and conv2 work within each tower's half.
     """
 
     def __init__(
@@ -47,11 +51,11 @@ class AlexNet(nn.Module):
         self.features = nn.Sequential(
             nn.Conv2d(3, 96, kernel_size=11, stride=4),
             nn.ReLU(inplace=True),
-            local_response_norm(),
+            local_response_norm(groups),
             nn.MaxPool2d(kernel_size=3, stride=2),  # overlapping pooling: z=3, s=2
             nn.Conv2d(96, 256, kernel_size=5, padding=2, groups=groups),
             nn.ReLU(inplace=True),
-            local_response_norm(),
+            local_response_norm(groups),
             nn.MaxPool2d(kernel_size=3, stride=2),
             nn.Conv2d(256, 384, kernel_size=3, padding=1),  # the towers talk to each other here
             nn.ReLU(inplace=True),
@@ -63,14 +67,17 @@ class AlexNet(nn.Module):
         )
         # An identity at 227 px; lets smaller inputs (the demo, the tests) reach the classifier.
         self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
+        # Section 4.2: dropout on the outputs of the first two fully connected layers (Caffe's
+        # bvlc_alexnet: fc6, relu6, drop6, fc7, relu7, drop7, fc8). torchvision drops out their
+        # inputs instead (before fc6 and fc7), which also masks the 9216 conv features.
         self.classifier = nn.Sequential(
-            nn.Dropout(p=dropout),
-            nn.Linear(256 * 6 * 6, 4096),
+            nn.Linear(256 * 6 * 6, 4096),  # fc6
             nn.ReLU(inplace=True),
             nn.Dropout(p=dropout),
-            nn.Linear(4096, 4096),
+            nn.Linear(4096, 4096),  # fc7
             nn.ReLU(inplace=True),
-            nn.Linear(4096, num_classes),
+            nn.Dropout(p=dropout),
+            nn.Linear(4096, num_classes),  # fc8
         )
         if init == "paper":
             self.init_like_paper()

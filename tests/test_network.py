@@ -88,3 +88,52 @@ def test_pytorch_init_keeps_torch_defaults():
 def test_unsupported_options_are_named_in_the_error(arguments, message):
     with pytest.raises(ValueError, match=message):
         AlexNet(**arguments)
+
+
+def test_dropout_masks_the_outputs_of_fc6_and_fc7_as_in_the_paper():
+    """Section 4.2 / Caffe's bvlc_alexnet: fc6, relu6, drop6, fc7, relu7, drop7, fc8. The 9216 conv
+    features reach fc6 unmasked; each mask covers the 4096 outputs of fc6 or of fc7."""
+    torch.manual_seed(0)
+    network = AlexNet(num_classes=10, init="pytorch").train()
+    fc6, fc7, fc8 = [m for m in network.classifier if isinstance(m, nn.Linear)]
+    seen: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    fc6.register_forward_hook(lambda m, i, o: seen.update(fc6=(i[0], o)))
+    dropouts = [m for m in network.classifier if isinstance(m, nn.Dropout)]
+    assert len(dropouts) == 2
+    for name, dropout in zip(("drop6", "drop7"), dropouts, strict=True):
+        dropout.register_forward_hook(lambda m, i, o, name=name: seen.update({name: (i[0], o)}))
+    x = torch.randn(4, 3, SMALLEST_INPUT_SIZE, SMALLEST_INPUT_SIZE)
+    with torch.no_grad():
+        features = torch.flatten(network.avgpool(network.features(x)), 1)
+        logits = network(x)
+
+        # A direct transcription of the paper, with the masks the two dropout layers drew.
+        torch.testing.assert_close(seen["fc6"][0], features)  # no mask before fc6
+        keep6 = seen["drop6"][1] != 0
+        keep7 = seen["drop7"][1] != 0
+        hidden6 = torch.relu(fc6(features))
+        torch.testing.assert_close(seen["drop6"][0], hidden6)  # drop6 masks fc6's outputs
+        hidden7 = torch.relu(fc7(hidden6 * keep6 / 0.5))
+        torch.testing.assert_close(seen["drop7"][0], hidden7)  # drop7 masks fc7's outputs
+        torch.testing.assert_close(logits, fc8(hidden7 * keep7 / 0.5))
+    assert keep6.shape == keep7.shape == (4, 4096)
+    for keep, hidden in ((keep6, hidden6), (keep7, hidden7)):
+        dropped = (~keep & (hidden != 0)).sum() / (hidden != 0).sum()
+        assert 0.4 < dropped < 0.6  # p=0.5 of the active units
+
+
+def test_two_towers_normalise_responses_within_each_half():
+    """groups=2: the LRN after conv1 equals nn.LocalResponseNorm on each tower's 48 maps alone,
+    not one window over all 96 (which crosses between maps 47 and 48)."""
+    torch.manual_seed(0)
+    towers, one = AlexNet(groups=2, init="pytorch"), AlexNet(groups=1, init="pytorch")
+    paper_lrn = nn.LocalResponseNorm(size=5, alpha=1e-4, beta=0.75, k=2.0)
+    x = torch.rand(2, 3, 35, 35) * 255  # large responses, so the normalisation bends them
+    with torch.no_grad():
+        responses = towers.features[1](towers.features[0](x))
+        per_half = torch.cat([paper_lrn(half) for half in responses.chunk(2, dim=1)], dim=1)
+        towers_lrn, one_lrn = towers.features[2](responses), one.features[2](responses)
+    torch.testing.assert_close(towers_lrn, per_half)
+    torch.testing.assert_close(one_lrn, paper_lrn(responses))
+    assert not torch.allclose(towers_lrn[:, 46:50], one_lrn[:, 46:50], rtol=1e-3)
+    assert towers.features[6].groups == 2 and one.features[6].groups == 1  # the LRN after conv2
