@@ -1,11 +1,14 @@
 """Measure a checkpoint the way the paper did: `python -m alexnet_pl.evaluate ckpt_path=<ckpt>`.
 
 Reports top-1/top-5 accuracy and error, loss and the image count for the single centre crop and for
-the paper's 10-crop test (four corners and the centre, each with its mirror; softmax averaged).
-Everything about the model and its preprocessing comes from the checkpoint.
+the paper's 10-crop test (four corners and the centre, each with its mirror; softmax averaged),
+writes the top-1 of every class for both views to per_class.csv in the run folder and prints the ten
+weakest classes. Everything about the model and its preprocessing comes from the checkpoint.
 """
 
+import csv
 import logging
+import os
 from pathlib import Path
 
 import hydra
@@ -14,34 +17,24 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 from torchmetrics import MeanMetric, SumMetric
-from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.classification import MulticlassAccuracy, MulticlassStatScores
 
 from alexnet_pl.checkpoint import TrainedModel, load_trained_model
 from alexnet_pl.data.bad_images import BadImageReport
 from alexnet_pl.data.datamodule import classes_only_in, list_classes
 from alexnet_pl.data.image_folder import ImageFolderDataset, collate_skipping_bad
+from alexnet_pl.data.sampling import ShardSampler
 from alexnet_pl.data.transforms import ResizeTenCrop, ToNormalizedFloat
+from alexnet_pl.predict import readable_class_names
 from alexnet_pl.run_record import write_json_atomically
 
 log = logging.getLogger(__name__)
 CENTRE_VIEW = 4  # TenCrop's order: four corners, centre, then the same five mirrored
 VIEWS = ("center_crop", "ten_crop")
-
-
-class ShardSampler(Sampler[int]):
-    """Every rank takes every world_size-th image, with no padding: unlike DistributedSampler, each
-    image is counted exactly once when the ranks' metrics are summed."""
-
-    def __init__(self, length: int, rank: int, world_size: int) -> None:
-        self.indices = range(rank, length, world_size)
-
-    def __iter__(self):
-        return iter(self.indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
+WEAKEST_SHOWN = 10  # classes printed after the table, lowest ten-crop top-1 first
+SUPPORT = 4  # MulticlassStatScores' columns: tp, fp, tn, fn, support (the images of the class)
 
 
 class TenCropEvaluation(pl.LightningModule):
@@ -57,6 +50,12 @@ class TenCropEvaluation(pl.LightningModule):
             {view: MulticlassAccuracy(num_classes, top_k=top5, average="micro") for view in VIEWS}
         )
         self.loss = nn.ModuleDict({view: MeanMetric() for view in VIEWS})
+        # Per class: the top-1 of each view, and how many images the class has (both summed over
+        # all processes by torchmetrics, as the totals are).
+        self.class_top1 = nn.ModuleDict(
+            {view: MulticlassAccuracy(num_classes, top_k=1, average=None) for view in VIEWS}
+        )
+        self.class_counts = MulticlassStatScores(num_classes, top_k=1, average=None)
         self.images = SumMetric()
         self.skipped = SumMetric()  # files that could not be decoded, over all processes
         self.bad_images = BadImageReport(None)  # names each one in the log
@@ -77,6 +76,8 @@ class TenCropEvaluation(pl.LightningModule):
             self.top5[view].update(probs, labels)
             loss = nn.functional.nll_loss(probs.clamp_min(1e-12).log(), labels)
             self.loss[view].update(loss, weight=labels.numel())
+            self.class_top1[view].update(probs, labels)
+        self.class_counts.update(probabilities["center_crop"], labels)
         self.images.update(labels.numel())
 
     def on_test_epoch_end(self) -> None:
@@ -97,6 +98,10 @@ class TenCropEvaluation(pl.LightningModule):
                 "top5_error": 1 - top5,
                 "loss": float(self.loss[view].compute()),
             }
+        results["per_class"] = {
+            "images": self.class_counts.compute()[:, SUPPORT].tolist(),
+            **{view: self.class_top1[view].compute().tolist() for view in VIEWS},
+        }
         return results
 
 
@@ -112,7 +117,11 @@ def validation_images(model: TrainedModel, root: Path) -> ImageFolderDataset:
             f"the folder: {only_found}; only in the checkpoint: {only_saved}"
         )
     # The decoder and views training validated with, so the centre crop sees the same pixels.
-    return ImageFolderDataset(str(val_dir), ResizeTenCrop(model.resize, model.crop), decode="cpu")
+    # transforms.square: corners from the central square (the paper); absent in checkpoints made
+    # before it existed, which were trained on crops from the whole rectangle.
+    square = model.config["transforms"].get("square", False)
+    ten_crop = ResizeTenCrop(model.resize, model.crop, square=square)
+    return ImageFolderDataset(str(val_dir), ten_crop, decode="cpu")
 
 
 def format_table(results: dict) -> str:
@@ -125,6 +134,42 @@ def format_table(results: dict) -> str:
         )
     rows.append(f"{results['images']} images ({results['skipped_images']} could not be decoded)")
     return "\n".join(rows)
+
+
+def per_class_rows(per_class: dict, class_names: list[str]) -> list[dict]:
+    """One row per class: its folder, its readable name (ImageNet's for WordNet ids), its image
+    count and the top-1 of each view (empty for a class without images)."""
+    names = readable_class_names(class_names)
+    rows = []
+    for index, (folder, name) in enumerate(zip(class_names, names, strict=True)):
+        images = int(per_class["images"][index])
+        row = {"index": index, "class": folder, "name": name, "images": images}
+        row.update({f"{view}_top1": per_class[view][index] if images else "" for view in VIEWS})
+        rows.append(row)
+    return rows
+
+
+def write_csv_atomically(path: Path, rows: list[dict]) -> None:
+    """Like write_json_atomically: readers never see half a file."""
+    partial = path.with_suffix(".csv.partial")
+    with partial.open("w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(partial, path)
+
+
+def format_weakest(rows: list[dict], count: int = WEAKEST_SHOWN) -> str:
+    measured = [row for row in rows if row["images"]]
+    weakest = sorted(measured, key=lambda r: (r["ten_crop_top1"], r["center_crop_top1"]))[:count]
+    lines = [f"the {len(weakest)} weakest classes (top-1)", f"{'ten-crop':>8} {'centre':>7} images"]
+    for row in weakest:
+        label = row["name"] if row["name"] == row["class"] else f"{row['name']} ({row['class']})"
+        lines.append(
+            f"{row['ten_crop_top1']:>8.2%} {row['center_crop_top1']:>7.2%} {row['images']:>6}  "
+            f"{label}"
+        )
+    return "\n".join(lines)
 
 
 def evaluate(cfg: DictConfig) -> dict:
@@ -144,11 +189,15 @@ def evaluate(cfg: DictConfig) -> dict:
     evaluation = TenCropEvaluation(model.network, len(model.class_names), to_float)
     trainer.test(evaluation, dataloaders=loader, verbose=False)
     results = {"checkpoint": str(cfg.ckpt_path), "data_root": str(root), **evaluation.results}
+    per_class = per_class_rows(results.pop("per_class"), model.class_names)
     if trainer.is_global_zero:
         output = Path(cfg.paths.output_dir) / "metrics.json"
+        results["per_class_csv"] = str(output.with_name("per_class.csv"))
+        write_csv_atomically(output.with_name("per_class.csv"), per_class)
         write_json_atomically(output, results)
-        print(format_table(results))  # the command's answer, so stdout rather than the log
-        log.info("results in %s", output)
+        # The command's answer, so stdout rather than the log.
+        print(format_table(results) + "\n\n" + format_weakest(per_class))
+        log.info("results in %s and %s", output, results["per_class_csv"])
     return results
 
 

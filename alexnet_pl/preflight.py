@@ -4,9 +4,9 @@ crop larger than the resize in the transforms, the class folders in the DataModu
 
 from pathlib import Path
 
-import torch
 from omegaconf import DictConfig
 
+from alexnet_pl.checkpoint import CURRENT_FORMAT, checkpoint_format, read_checkpoint
 from alexnet_pl.data.datamodule import per_device_batch_size
 
 # Model settings that change the shapes of the weights: a checkpoint only loads into the same.
@@ -52,12 +52,35 @@ def resolve_resume_path(ckpt_path: str | None, outputs: Path = Path("outputs")) 
 
 def check_checkpoint_fits_model(ckpt_path: str, model: DictConfig) -> None:
     # mmap: reads the small config without loading hundreds of MB of weights into memory.
-    checkpoint = torch.load(ckpt_path, map_location="cpu", mmap=True, weights_only=False)
+    # weights_only: a checkpoint holding anything but plain data is refused, naming the file.
+    checkpoint = read_checkpoint(ckpt_path, mmap=True)
     saved = checkpoint.get("config", {}).get("model") if isinstance(checkpoint, dict) else None
     if saved is None:
         raise ValueError(
             f"ckpt_path={ckpt_path} is not a checkpoint written by alexnet_pl.train (it has no "
-            "config); resume from a last.ckpt or best-*.ckpt of an earlier run"
+            "config); resume from the checkpoints/last.ckpt of an earlier run"
+        )
+    written_in = checkpoint_format(checkpoint)
+    if written_in > CURRENT_FORMAT:
+        raise ValueError(
+            f"ckpt_path={ckpt_path} has checkpoint format {written_in}, newer than this alexnet-pl "
+            f"writes ({CURRENT_FORMAT}); resume with the version that wrote it"
+        )
+    if written_in < CURRENT_FORMAT:
+        raise ValueError(
+            f"ckpt_path={ckpt_path} was written in checkpoint format {written_in} (dropout "
+            "before fc6 and fc7, as torchvision; with model.groups=2, normalisation across the "
+            f"towers); this version trains the paper's network (format {CURRENT_FORMAT}: dropout "
+            "after fc6 and fc7, normalisation within each tower), so resuming would go on "
+            "training a different network. Start a new run; evaluate, predict and export still "
+            "read this checkpoint"
+        )
+    if "optimizer_states" not in checkpoint:
+        raise ValueError(
+            f"ckpt_path={ckpt_path} holds the weights only (best-*.ckpt is written without the "
+            "optimizer and schedule state, to keep it small), so training cannot resume from it; "
+            "resume from that run's checkpoints/last.ckpt (ckpt_path=<run folder>), or use this "
+            "one with evaluate, predict or export"
         )
     differences = [key for key in SHAPE_SETTINGS if saved.get(key) != model.get(key)]
     if differences:

@@ -1,8 +1,9 @@
 """List every image that cannot be decoded, before training: `python -m alexnet_pl.scan <root>`.
 
 Decodes each file of root/train and root/val in parallel (one process per CPU by default) exactly
-as training would, prints the bad ones with the reason and writes them to a report. Exit status 1
-when any file is bad, so it can gate a job script.
+as training would, prints the bad ones with the reason, then writes them to a report in the current
+folder (or --report), never into the data: a shared ImageNet is often read-only. Exit status 1 when
+any file is bad, so it can gate a job script, whether or not the report could be written.
 """
 
 import argparse
@@ -19,6 +20,7 @@ from alexnet_pl.data.datamodule import SPLITS
 from alexnet_pl.data.decoding import decode_on_cpu
 
 CHUNK = 256  # files per task: amortises process round trips over many small decodes
+DEFAULT_REPORT = Path("bad_files.tsv")  # in the current folder: the user's, not the dataset's
 
 
 def decode_error(path: str) -> str | None:
@@ -44,7 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m alexnet_pl.scan", description=__doc__)
     parser.add_argument("root", type=Path, help="the data folder (with train/ and val/)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--report", type=Path, help="default: <root>/bad_files.tsv")
+    parser.add_argument(
+        "--report", type=Path, default=DEFAULT_REPORT, help="default: ./bad_files.tsv"
+    )
     args = parser.parse_args(argv)
 
     paths = image_paths(args.root)
@@ -58,17 +62,23 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
     bad = {path: error for path, error in zip(paths, errors, strict=True) if error}
-    report = args.report or args.root / "bad_files.tsv"
-    if bad:
-        report.write_text("".join(f"{path}\t{error}\n" for path, error in bad.items()))
-        for path, error in bad.items():
-            print(f"{path}\t{error}")
-    print(
-        f"{len(paths)} images, {len(bad)} cannot be decoded"
-        + (f" (listed in {report})" if bad else ""),
-        file=sys.stderr,
-    )
-    return 1 if bad else 0
+    # The list first: the hours of decoding are not lost if the report cannot be written.
+    for path, error in bad.items():
+        print(f"{path}\t{error}", flush=True)
+    summary = f"{len(paths)} images, {len(bad)} cannot be decoded"
+    if not bad:
+        print(summary, file=sys.stderr)
+        return 0
+    try:
+        args.report.write_text("".join(f"{path}\t{error}\n" for path, error in bad.items()))
+        print(f"{summary} (listed above and in {args.report})", file=sys.stderr)
+    except OSError as error:
+        print(
+            f"{summary} (listed above). The report could not be written to {args.report} "
+            f"({error}); give a writable path with --report",
+            file=sys.stderr,
+        )
+    return 1
 
 
 if __name__ == "__main__":

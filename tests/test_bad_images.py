@@ -99,24 +99,46 @@ def test_strict_mode_stops_at_the_first_broken_file_with_its_path(messy_root, tm
     assert any(f"star/{name}" in result.stderr for name in BROKEN)
 
 
-def test_scan_lists_every_broken_file_up_front(messy_root, tmp_path):
-    report = tmp_path / "bad.tsv"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "alexnet_pl.scan",
-            str(messy_root),
-            "--workers",
-            "2",
-            "--report",
-            str(report),
-        ],
+def run_scan(root: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "alexnet_pl.scan", str(root), "--workers", "2", *args],
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=120,
     )
+
+
+def files_under(root: Path) -> set[Path]:
+    return {path for path in root.rglob("*") if not path.is_dir() or path.is_symlink()}
+
+
+def test_scan_lists_every_broken_file_and_reports_outside_a_read_only_dataset(messy_root, tmp_path):
+    """A shared ImageNet is read-only: the report goes to the current folder. (As root, chmod does
+    not stop writes, so the test also checks that nothing appeared in the data.)"""
+    before = files_under(messy_root)
+    folders = [messy_root, *(path for path in messy_root.rglob("*") if path.is_dir())]
+    for folder in folders:
+        folder.chmod(0o555)
+    work = tmp_path / "work"
+    work.mkdir()
+    try:
+        result = run_scan(messy_root, cwd=work)
+    finally:
+        for folder in folders:
+            folder.chmod(0o755)
     assert result.returncode == 1
     assert {Path(line.split("\t")[0]).name for line in result.stdout.splitlines()} == BROKEN
-    assert len(report.read_text().splitlines()) == 3
-    assert "cannot be decoded" in result.stderr
+    lines = (work / "bad_files.tsv").read_text().splitlines()
+    assert {Path(line.split("\t")[0]).name for line in lines} == BROKEN
+    assert files_under(messy_root) == before  # nothing written into the data
+    assert "cannot be decoded (listed above and in bad_files.tsv)" in result.stderr
+
+
+def test_scan_keeps_the_printed_list_when_the_report_cannot_be_written(messy_root, tmp_path):
+    (tmp_path / "a_file").write_text("")  # a report "inside" a file fails for root too
+    unwritable = tmp_path / "a_file" / "bad.tsv"
+    result = run_scan(messy_root, "--report", str(unwritable), cwd=tmp_path)
+    assert result.returncode == 1  # the files are still bad
+    assert {Path(line.split("\t")[0]).name for line in result.stdout.splitlines()} == BROKEN
+    assert f"The report could not be written to {unwritable}" in result.stderr
