@@ -1,12 +1,14 @@
 import pytest
 import torch
 
+from alexnet_pl.checkpoint import TrainedModel
 from alexnet_pl.data.transforms import (
     ResizeCenterCrop,
     ResizeRandomCropFlip,
     ResizeTenCrop,
     ToNormalizedFloat,
 )
+from alexnet_pl.evaluate import validation_images
 
 MEAN = [0.485, 0.456, 0.406]
 STD = [0.229, 0.224, 0.225]
@@ -108,3 +110,88 @@ def test_notebook_view_crops_without_resizing_and_pads_small_images():
     assert view.shape == (3, 227, 227)
     assert view[:, 113, 113].tolist() == [255, 255, 255]  # the image, unscaled, in the middle
     assert view[:, 0, 0].tolist() == [0, 0, 0]  # black padding around it
+
+
+# The paper, section 2: "Given a rectangular image, we first rescaled the image such that the
+# shorter side was of length 256, and then cropped out the central 256x256 patch from the resulting
+# image"; section 4.1: random 224x224 patches and their reflections from those 256x256 images, and
+# at test time the four corner patches and the centre patch, with their reflections.
+def paper_square_columns(height: int, width: int, side: int = 256) -> tuple[float, float]:
+    """The source columns [first, last] of the paper's central square of a landscape image."""
+    scale = side / height  # shorter side (height) to 256
+    margin = (width * scale - side) / 2  # cut equally from both ends of the longer side
+    return margin / scale, (margin + side) / scale - 1
+
+
+def coordinate_image(height: int, width: int) -> torch.Tensor:
+    """Each pixel holds its column (red: low byte, green: high byte) and its row (blue)."""
+    columns = torch.arange(width).expand(height, width)
+    rows = torch.arange(height)[:, None].expand(height, width)
+    return torch.stack([columns % 256, columns // 256, rows]).to(torch.uint8)
+
+
+def columns_of(view: torch.Tensor) -> torch.Tensor:
+    """The source columns of a coordinate_image view's first row."""
+    return view[0, 0].long() + 256 * view[1, 0].long()
+
+
+def test_paper_train_crops_come_from_the_central_square_of_a_prepared_image():
+    # A 341x256 image (what a 500x375 photo is at shorter side 256): no resampling, so the pixels
+    # say exactly which columns a crop took. The square is columns 42..297 (42.5 cut each side).
+    first, last = paper_square_columns(256, 341)
+    torch.manual_seed(0)
+    image = coordinate_image(256, 341)
+    crops = [columns_of(ResizeRandomCropFlip(256, 227)(image)) for _ in range(150)]
+    low, high = min(int(c.min()) for c in crops), max(int(c.max()) for c in crops)
+    assert first - 0.5 <= low and high <= last + 0.5  # never outside the square ...
+    assert (low, high) == (42, 297)  # ... and every column of it is reachable
+    rectangle = [columns_of(ResizeRandomCropFlip(256, 227, square=False)(image)) for _ in range(60)]
+    assert min(int(c.min()) for c in rectangle) < 20 and max(int(c.max()) for c in rectangle) > 320
+
+
+def test_paper_train_crops_of_a_500x375_photo_stay_inside_its_central_square():
+    # Through the real resize: a smooth ramp whose red level is the source column (two columns a
+    # level), so a crop's red range is the span of source columns it was resampled from.
+    ramp = torch.linspace(0, 255, 500).round().to(torch.uint8).expand(375, 500)
+    image = torch.stack([ramp, ramp, ramp])
+    first, last = paper_square_columns(375, 500)  # 62.3 .. 436.7
+    torch.manual_seed(0)
+    for square, inside in ((True, True), (False, False)):
+        view = ResizeRandomCropFlip(256, 227, square=square)
+        spans = [view(image)[0, 0].float() * 499 / 255 for _ in range(100)]
+        low, high = min(float(s.min()) for s in spans), max(float(s.max()) for s in spans)
+        assert (first - 3 <= low and high <= last + 3) == inside, (square, low, high)
+
+
+def test_ten_crop_corners_are_the_corners_of_the_central_square_and_mirrored():
+    image = coordinate_image(256, 341)
+    views = ResizeTenCrop(256, 227)(image)
+    corners = [(int(columns_of(v)[0]), int(v[2, 0, 0])) for v in views[:4]]  # (column, row)
+    assert corners == [(42, 0), (42 + 256 - 227, 0), (42, 256 - 227), (42 + 256 - 227, 256 - 227)]
+    assert torch.equal(views[4], ResizeCenterCrop(256, 227)(image))
+    assert torch.equal(views[5:], views[:5].flip(-1))
+    rectangle = ResizeTenCrop(256, 227, square=False)(image)
+    assert [int(columns_of(v)[0]) for v in rectangle[:4]] == [0, 341 - 227, 0, 341 - 227]
+    assert torch.equal(rectangle[4], views[4])  # the centre crop is the same either way
+
+
+def test_rectangle_config_and_old_checkpoints_mean_crops_from_the_whole_rectangle(
+    compose_config, tmp_path
+):
+    assert compose_config().transforms.square is True  # the default is the paper's
+    rectangle = compose_config("transforms=rectangle").transforms
+    assert rectangle.square is False and rectangle.train.square is False
+    # evaluate's ten crops follow the checkpoint's config; one made before the key existed was
+    # trained on crops from the whole rectangle.
+    (tmp_path / "val" / "a").mkdir(parents=True)
+    for saved, square in (({"square": True}, True), ({"square": False}, False), ({}, False)):
+        model = TrainedModel(
+            network=None,
+            class_names=["a"],
+            resize=256,
+            crop=227,
+            mean=[0.5] * 3,
+            std=[0.5] * 3,
+            config={"transforms": saved},
+        )
+        assert validation_images(model, tmp_path).transform.square is square

@@ -1,18 +1,24 @@
 """The ImageNet-style folder (root/train/<class>/*, root/val/<class>/*) as a LightningDataModule."""
 
 import logging
+import os
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 
 from alexnet_pl.data.bad_images import BadImageError, BadImageReport
-from alexnet_pl.data.decoding import EncodedBatch, check_decoder, decode_on_device
+from alexnet_pl.data.decoding import check_decoder, decode_to_crops
+from alexnet_pl.data.device_prefetch import DecodingAheadLoader
 from alexnet_pl.data.image_folder import ImageFolderDataset, collate_skipping_bad, strict_message
+from alexnet_pl.data.sampling import ResumableShuffleSampler, ShardSampler
+from alexnet_pl.data.workers import init_worker
+from alexnet_pl.exact_resume import resume_position
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val")
@@ -83,6 +89,8 @@ class ImageFolderDataModule(pl.LightningDataModule):
         self.class_names: list[str] = []
         self.train_set: ImageFolderDataset | None = None
         self.val_set: ImageFolderDataset | None = None
+        # The seed of the training order: the checkpoint's on a resume, else the run's seed.
+        self.shuffle_seed: int | None = None
 
     def read_class_names(self) -> list[str]:
         """The classes of the folder, checked to be the same in train/ and val/.
@@ -147,18 +155,33 @@ class ImageFolderDataModule(pl.LightningDataModule):
     def on_after_batch_transfer(self, batch: tuple, dataloader_idx: int) -> tuple:
         images, labels = batch
         training = self.trainer is not None and self.trainer.training
-        if isinstance(images, EncodedBatch):
-            # data.decode=gpu: decoded here, in the main process, as CUDA cannot run in workers.
-            view = self.train_transform if training else self.val_transform
-            images, kept, bad = decode_on_device(images, labels.device, view)
-            if bad and self.strict:
-                raise BadImageError(strict_message(bad[0]))
-            self.bad_images.add(bad)
-            labels = labels[kept] if len(kept) < len(labels) else labels
         if images is None:
             return None, None
         to_float = self.train_batch_transform if training else self.val_batch_transform
         return to_float(images), labels
+
+    def decode_batch(self, batch: tuple, device: torch.device) -> tuple:
+        """data.decode=gpu, in the decoding thread: a collated batch of files (EncodedBatch) to
+        uint8 crops on `device`; files that cannot be decoded are dropped with their labels and
+        passed on to be reported in on_before_batch_transfer (or stop the run, strict=true)."""
+        encoded, labels, bad = batch
+        if encoded is None:  # no file of the batch could even be read
+            return None, None, bad
+        images, kept, undecodable = decode_to_crops(encoded, device)
+        if undecodable and self.strict:
+            raise BadImageError(strict_message(undecodable[0]))
+        if images is None:
+            return None, None, bad + undecodable
+        labels = labels[kept] if len(kept) < len(labels) else labels
+        return images, labels.to(device, non_blocking=True), bad + undecodable
+
+    def _decoding_ahead(self, loader: DataLoader) -> DataLoader | DecodingAheadLoader:
+        """data.decode=gpu: the loader's batches decoded on this process's device by a thread,
+        one or two batches ahead of the step (device_prefetch.py)."""
+        if self.decode != "gpu":
+            return loader
+        device = torch.device("cpu") if self.trainer is None else self.trainer.strategy.root_device
+        return DecodingAheadLoader(loader, partial(self.decode_batch, device=device), device)
 
     def teardown(self, stage: str) -> None:
         if len(self.bad_images):
@@ -168,28 +191,57 @@ class ImageFolderDataModule(pl.LightningDataModule):
                 self.bad_images.path or "the log above",
             )
 
-    def _loader(self, dataset: ImageFolderDataset, train: bool) -> DataLoader:
+    def _loader(self, dataset: ImageFolderDataset, sampler: Sampler, train: bool) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=self.batch_size_per_device,
-            shuffle=train,  # Lightning swaps in a DistributedSampler under DDP, keeping this flag
+            # Our samplers, also under DDP (trainer.use_distributed_sampler=false): data/sampling.py
+            sampler=sampler,
             drop_last=self.drop_last and train,
             num_workers=self.num_workers,
             # Pinning only helps copies to an accelerator; without one torch warns on every loader.
             pin_memory=self.pin_memory and torch.accelerator.is_available(),
             persistent_workers=self.persistent_workers,
             collate_fn=collate_skipping_bad,
+            # Workers leave the scheduler's SIGTERM/SIGUSR1 to this process, then seed as Lightning
+            # would (data/workers.py).
+            worker_init_fn=partial(
+                init_worker, rank=self.trainer.global_rank if self.trainer is not None else 0
+            ),
         )
 
+    def _rank_and_world_size(self) -> tuple[int, int]:
+        if self.trainer is None:  # a DataModule used outside training, as in the tests
+            return 0, 1
+        return self.trainer.global_rank, self.trainer.world_size
+
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, train=True)
+        if self.shuffle_seed is None:
+            # seed_everything sets PL_GLOBAL_SEED, the same on every rank (0 as Lightning's own
+            # DistributedSampler takes without it, e.g. a DataModule used outside training).
+            self.shuffle_seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        sampler = ResumableShuffleSampler(
+            len(self.train_set), self.shuffle_seed, *self._rank_and_world_size()
+        )
+        if self.trainer is not None:
+            # On a resume Lightning has restored its loop counters by now. The epoch is set here
+            # too: with workers, Lightning starts this loader before it calls set_epoch.
+            epoch, batches_done = resume_position(self.trainer)
+            sampler.set_epoch(epoch)
+            sampler.resume_at(epoch, batches_done * self.batch_size_per_device)
+        return self._decoding_ahead(self._loader(self.train_set, sampler, train=True))
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, train=False)
+        sampler = ShardSampler(len(self.val_set), *self._rank_and_world_size())
+        return self._decoding_ahead(self._loader(self.val_set, sampler, train=False))
 
     def state_dict(self) -> dict[str, Any]:
-        # Stored in every checkpoint, so a model can be used later without the training folder.
-        return {"class_names": self.class_names}
+        # Stored in every checkpoint, so a model can be used later without the training folder,
+        # and a resumed run shuffles as the checkpoint's run did (also if it drew another seed).
+        state: dict[str, Any] = {"class_names": self.class_names}
+        if self.shuffle_seed is not None:  # set once training has asked for its loader
+            state["shuffle_seed"] = self.shuffle_seed
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         saved = state_dict.get("class_names")
@@ -200,3 +252,4 @@ class ImageFolderDataModule(pl.LightningDataModule):
                 f"data.root={self.root} (only in the checkpoint: {only_saved}; only in the "
                 f"folder: {only_here}); resume on the same classes"
             )
+        self.shuffle_seed = state_dict.get("shuffle_seed", self.shuffle_seed)

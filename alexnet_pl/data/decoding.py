@@ -4,14 +4,17 @@
 - cpu: torchvision's libjpeg-turbo decoder for JPEG files (about 1.5x faster than PIL's decode and
   no PIL-to-tensor copy); PIL for every other format, and for a JPEG libjpeg-turbo refuses, so a
   damaged file fails with PIL's message and is skipped as before.
-- gpu: the workers only read the bytes; the batch is decoded on the GPU with nvjpeg
-  (decode_on_device). CUDA cannot be used in forked workers, so this part runs in the main process.
-  Files nvjpeg would get wrong (not JPEG, CMYK) are decoded on the CPU in the worker instead.
+- gpu: the workers read the bytes, read each JPEG's size from its header and draw the view's crop
+  window there (read_for_device); a batch travels as one buffer (EncodedBatch). In the main process
+  (CUDA cannot run in forked workers), a thread decodes it on the GPU with nvjpeg in one call and
+  cuts all crops at once (decode_to_crops, batched_crops.py) while the step runs
+  (device_prefetch.py). Files nvjpeg would get wrong (not JPEG, CMYK) are decoded and cropped on
+  the CPU in the worker instead.
 """
 
 import warnings
-from collections.abc import Callable
-from typing import NamedTuple
+from collections.abc import Sequence
+from typing import NamedTuple, Protocol
 
 import numpy as np
 import torch
@@ -19,6 +22,8 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2.functional import pil_to_tensor
 
 from alexnet_pl.data.bad_images import DECODE_ERRORS, BadImage, load_rgb
+from alexnet_pl.data.batched_crops import crop_batch
+from alexnet_pl.data.transforms import CropWindow
 
 # torchvision 0.29 announces that its image codecs will move to TorchCodec; they are still the
 # libjpeg-turbo and nvjpeg decoders this project is measured with. Swap when they are removed.
@@ -44,18 +49,33 @@ def read_encoded(path: str) -> np.ndarray:
     return np.fromfile(path, dtype=np.uint8)  # one read into a writable buffer torch can share
 
 
-def jpeg_components(data: np.ndarray) -> int:
-    """The number of colour components of a JPEG (1 grey, 3 YCbCr, 4 CMYK), read from its
-    start-of-frame header; 0 if the header is not found."""
+class JpegHeader(NamedTuple):
+    height: int
+    width: int
+    components: int  # 1 grey, 3 YCbCr, 4 CMYK
+
+
+def jpeg_header(data: np.ndarray) -> JpegHeader | None:
+    """Size and colour components of a JPEG, read from its start-of-frame segment without decoding;
+    None if there is none (not a JPEG, or a damaged one)."""
     position = 2  # after the start-of-image marker
     while position + 9 < len(data):
         if data[position] != 0xFF:
-            return 0
+            return None
         marker = int(data[position + 1])
         if marker in START_OF_FRAME:
-            return int(data[position + 9])
+            # length (2 bytes), sample precision (1), height (2), width (2), components (1)
+            height = int(data[position + 5]) << 8 | int(data[position + 6])
+            width = int(data[position + 7]) << 8 | int(data[position + 8])
+            return JpegHeader(height, width, int(data[position + 9]))
         position += 2 + (int(data[position + 2]) << 8 | int(data[position + 3]))
-    return 0
+    return None
+
+
+def jpeg_components(data: np.ndarray) -> int:
+    """The number of colour components of a JPEG (1 grey, 3 YCbCr, 4 CMYK); 0 if not found."""
+    header = jpeg_header(data)
+    return 0 if header is None else header.components
 
 
 def decode_with_pil(path: str) -> torch.Tensor:
@@ -72,65 +92,137 @@ def decode_on_cpu(path: str) -> torch.Tensor:
     return decode_with_pil(path)
 
 
+class WindowedView(Protocol):
+    """A view that can say where its crop lies before the image is decoded (transforms.py's
+    ResizeRandomCropFlip and ResizeCenterCrop), as data.decode=gpu needs."""
+
+    crop: int
+
+    def window(self, height: int, width: int) -> CropWindow: ...
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor: ...
+
+
 class EncodedImage(NamedTuple):
-    """What a worker returns with data.decode=gpu: the file's bytes (1-D uint8) for nvjpeg, or the
-    decoded image (3-D uint8) for a file only the CPU decodes right."""
+    """What a worker returns with data.decode=gpu: a JPEG's bytes (1-D uint8) with its size and the
+    view's crop window in its pixels, or, for a file only the CPU decodes right, the finished crop
+    (3-D uint8; window and size None)."""
 
     path: str
     data: torch.Tensor
+    window: CropWindow | None = None
+    size: tuple[int, int] | None = None  # (height, width) from the JPEG header
 
 
-def read_for_device(path: str) -> EncodedImage:
+def read_for_device(path: str, view: WindowedView) -> EncodedImage:
+    """The worker's part of data.decode=gpu: read the file, its size from the JPEG header, and draw
+    the view's crop there (the random draws come from the seeded worker, as with the CPU views)."""
     data = read_encoded(path)
-    if data[:3].tobytes() == JPEG_MAGIC and jpeg_components(data) in (1, 3):
-        return EncodedImage(path, torch.from_numpy(data))
-    return EncodedImage(path, decode_on_cpu(path))
+    header = jpeg_header(data) if data[:3].tobytes() == JPEG_MAGIC else None
+    if header is not None and header.components in (1, 3) and header.height and header.width:
+        size = (header.height, header.width)
+        return EncodedImage(path, torch.from_numpy(data), view.window(*size), size)
+    return EncodedImage(path, view(decode_on_cpu(path)))
 
 
 class EncodedBatch:
-    """The images of one batch before decoding. Deliberately not a list or tuple: Lightning moves
-    every tensor in a batch to the device, but nvjpeg wants the bytes on the CPU."""
+    """The images of one data.decode=gpu batch in a few tensors. Each tensor crosses from a worker
+    as one shared-memory segment: the files of a batch travel as one buffer, not one each. Not a
+    list or tuple, so the DataLoader's pinning calls pin_memory() below.
 
-    def __init__(self, images: list[EncodedImage]) -> None:
-        self.images = images
+    Positions are places in the batch (the sampler's order), which decoding keeps."""
+
+    def __init__(self, images: Sequence[EncodedImage]) -> None:
+        self.paths = [image.path for image in images]
+        is_jpeg = [image.window is not None for image in images]
+        jpegs = [image for image, jpeg in zip(images, is_jpeg, strict=True) if jpeg]
+        ready = [image.data for image, jpeg in zip(images, is_jpeg, strict=True) if not jpeg]
+        self.jpeg_at = torch.tensor(
+            [i for i, jpeg in enumerate(is_jpeg) if jpeg], dtype=torch.int64
+        )
+        self.ready_at = torch.tensor(
+            [i for i, jpeg in enumerate(is_jpeg) if not jpeg], dtype=torch.int64
+        )
+        nothing = torch.empty(0, dtype=torch.uint8)
+        self.data = torch.cat([image.data for image in jpegs]) if jpegs else nothing
+        self.ends = torch.tensor([len(image.data) for image in jpegs], dtype=torch.int64).cumsum(0)
+        self.windows = torch.tensor([image.window for image in jpegs], dtype=torch.float64)
+        self.sizes = torch.tensor([image.size for image in jpegs], dtype=torch.int64)
+        self.crop = int(jpegs[0].window.size) if jpegs else ready[0].shape[-1]
+        self.ready = torch.empty((len(ready), 3, self.crop, self.crop), dtype=torch.uint8)
+        if ready:  # stacked channels-last, like the CPU decoder's batches (stack_images)
+            self.ready = torch.stack([crop.permute(1, 2, 0) for crop in ready]).permute(0, 3, 1, 2)
 
     def __len__(self) -> int:
-        return len(self.images)
+        return len(self.paths)
+
+    def jpegs(self) -> list[torch.Tensor]:
+        """Each JPEG's bytes: views into the one buffer."""
+        ends = self.ends.tolist()
+        return [self.data[start:end] for start, end in zip([0, *ends[:-1]], ends, strict=True)]
+
+    def pin_memory(self) -> "EncodedBatch":
+        """With data.pin_memory=true, the bytes for nvjpeg and the finished crops are copied to the
+        GPU from page-locked memory, without blocking."""
+        self.data, self.ready = self.data.pin_memory(), self.ready.pin_memory()
+        return self
 
 
-def decode_one(image: EncodedImage, device: torch.device) -> torch.Tensor:
-    """One image on its own: nvjpeg, else libjpeg-turbo, else PIL (which raises what is wrong)."""
-    if image.data.dim() == 3:  # decoded in the worker
-        return image.data.to(device, non_blocking=True)
+def decode_jpegs(
+    batch: EncodedBatch, device: torch.device
+) -> tuple[list[torch.Tensor], list[int], list[BadImage]]:
+    """The batch's JPEGs decoded on `device` (nvjpeg on a GPU, libjpeg-turbo on a CPU) in one call.
+    One damaged file fails that call as a whole; then they are decoded one by one (nvjpeg, else
+    libjpeg-turbo, else PIL, which says what is wrong) and the ones that fail are returned as bad.
+    Returns the images, their indices among the batch's JPEGs, and the bad files."""
+    jpegs = batch.jpegs()
+    if not jpegs:
+        return [], [], []
+    paths = [batch.paths[i] for i in batch.jpeg_at.tolist()]
     try:
-        return decode_jpeg(image.data, mode=ImageReadMode.RGB, device=device)
+        decoded = dict(enumerate(decode_jpeg(jpegs, mode=ImageReadMode.RGB, device=device)))
     except RuntimeError:
-        return decode_on_cpu(image.path).to(device, non_blocking=True)
-
-
-def decode_on_device(
-    batch: EncodedBatch, device: torch.device, view: Callable[[torch.Tensor], torch.Tensor]
-) -> tuple[torch.Tensor | None, list[int], list[BadImage]]:
-    """Decodes a batch on `device` (nvjpeg on a GPU, libjpeg-turbo on a CPU), applies `view` to
-    each image there and stacks them. Returns the images, the positions kept, and the files that
-    could not be decoded."""
-    encoded = [i for i, image in enumerate(batch.images) if image.data.dim() == 1]
-    decoded: dict[int, torch.Tensor] = {}
-    try:
-        if encoded:
-            batch_data = [batch.images[i].data for i in encoded]
-            together = decode_jpeg(batch_data, mode=ImageReadMode.RGB, device=device)
-            decoded.update(zip(encoded, together, strict=True))
-    except RuntimeError:
-        pass  # one damaged file fails the whole call: the loop below finds it
+        decoded = {}
     bad = []
-    for i, image in enumerate(batch.images):
-        if i not in decoded:
+    if not decoded:
+        for i, (path, data) in enumerate(zip(paths, jpegs, strict=True)):
             try:
-                decoded[i] = decode_one(image, device)
+                try:
+                    decoded[i] = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+                except RuntimeError:
+                    decoded[i] = decode_on_cpu(path).to(device, non_blocking=True)
             except DECODE_ERRORS as error:
-                bad.append(BadImage(image.path, f"{type(error).__name__}: {error}"))
+                bad.append(BadImage(path, f"{type(error).__name__}: {error}"))
+    sizes = batch.sizes.tolist()
+    for i, image in list(decoded.items()):
+        if list(image.shape[-2:]) != sizes[i]:  # its window was drawn for the header's size
+            del decoded[i]
+            shape = tuple(image.shape[-2:])
+            bad.append(BadImage(paths[i], f"decoded as {shape}, its header says {tuple(sizes[i])}"))
     kept = sorted(decoded)
-    if not kept:
-        return None, kept, bad
-    return torch.stack([view(decoded[i]) for i in kept]), kept, bad
+    return [decoded[i] for i in kept], kept, bad
+
+
+def decode_to_crops(
+    batch: EncodedBatch, device: torch.device
+) -> tuple[torch.Tensor | None, list[int], list[BadImage]]:
+    """The main process's part of data.decode=gpu: the batch's uint8 crops (N, 3, crop, crop) on
+    `device`, channels-last, in batch order; the positions kept (the others could not be decoded);
+    the files that could not. None for the crops if none could."""
+    images, kept, bad = decode_jpegs(batch, device)
+    jpeg_positions = batch.jpeg_at[kept].tolist()
+    ready_positions = batch.ready_at.tolist()
+    positions = sorted(jpeg_positions + ready_positions)
+    if not positions:
+        return None, [], bad
+    crops = crop_batch(images, batch.windows[kept]) if images else None
+    if crops is not None and not ready_positions:
+        return crops, positions, bad  # the usual batch: all JPEGs, in batch order
+    out = torch.empty((len(positions), 3, batch.crop, batch.crop), dtype=torch.uint8, device=device)
+    out = out.contiguous(memory_format=torch.channels_last)
+    place = {position: i for i, position in enumerate(positions)}
+    for at, pixels in ((jpeg_positions, crops), (ready_positions, batch.ready)):
+        if at:
+            index = torch.tensor([place[p] for p in at], device=device)
+            out[index] = pixels.to(device, non_blocking=True)
+    return out, positions, bad

@@ -55,8 +55,9 @@ class ImageIndex:
 
 class ImageFolderDataset(Dataset):
     """(image, label) pairs of an image folder. The image is `transform(uint8 (3, H, W) tensor)`,
-    or with decode="gpu" an EncodedImage for decoding on the device. A file that cannot be decoded
-    comes back as a BadImage (skipped, counted and reported), or with strict=True stops the run."""
+    or with decode="gpu" an EncodedImage: the file's bytes and the transform's crop window, for
+    decoding on the device. A file that cannot be decoded comes back as a BadImage (skipped,
+    counted and reported), or with strict=True stops the run."""
 
     def __init__(
         self,
@@ -70,7 +71,14 @@ class ImageFolderDataset(Dataset):
         self.classes = self.index.classes
         self.transform = transform
         self.decode = check_decoder(decode)
-        self.read = {"pil": decode_with_pil, "cpu": decode_on_cpu, "gpu": read_for_device}[decode]
+        readers = {"pil": decode_with_pil, "cpu": decode_on_cpu, "gpu": self._read_for_device}
+        self.read = readers[decode]
+        if decode == "gpu" and not callable(getattr(transform, "window", None)):
+            raise ValueError(
+                f"data.decode=gpu needs a view that places its crop before decoding (a window() "
+                f"method, as ResizeRandomCropFlip and ResizeCenterCrop have); "
+                f"{type(transform).__name__} has none: use data.decode=cpu with it"
+            )
         self.strict = strict
 
     @property
@@ -93,6 +101,9 @@ class ImageFolderDataset(Dataset):
             image = self.transform(image)
         return image, label
 
+    def _read_for_device(self, path: str) -> EncodedImage:
+        return read_for_device(path, self.transform)
+
 
 def strict_message(bad: BadImage) -> str:
     return (
@@ -109,8 +120,8 @@ def collate_skipping_bad(samples: list) -> tuple:
     if not good:
         return None, None, bad
     images, labels = zip(*good, strict=True)
-    if isinstance(images[0], EncodedImage):  # decode=gpu: decoded after the transfer
-        return EncodedBatch(list(images)), default_collate(labels), bad
+    if isinstance(images[0], EncodedImage):  # decode=gpu: decoded in the main process
+        return EncodedBatch(images), default_collate(labels), bad
     return stack_images(images), default_collate(labels), bad
 
 

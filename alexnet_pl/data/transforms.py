@@ -8,6 +8,7 @@
 """
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torchvision.transforms.v2 import functional as F
@@ -30,6 +31,16 @@ def _check_crop_fits(resize: int | None, crop: int) -> None:
         )
 
 
+def resized_size(height: int, width: int, size: int | None) -> tuple[int, int]:
+    """(height, width) after resize_shorter_side: torchvision's rule (shorter side to `size`, the
+    longer one scaled and truncated to an integer)."""
+    if size is None or min(height, width) == size:
+        return height, width
+    if height <= width:
+        return size, int(size * width / height)
+    return int(size * height / width), size
+
+
 def resize_shorter_side(image: torch.Tensor, size: int | None) -> torch.Tensor:
     """Scales (C, H, W) so that min(H, W) == size; a no-op on a prepared copy (already 256)."""
     if size is None or min(image.shape[-2:]) == size:
@@ -37,26 +48,87 @@ def resize_shorter_side(image: torch.Tensor, size: int | None) -> torch.Tensor:
     return F.resize(image, size, antialias=True)
 
 
+def centre_offset(size: int, crop: int) -> int:
+    """Where torchvision's center_crop starts along a side; negative where it pads (crop > size)."""
+    return int(round((size - crop) / 2.0)) if crop <= size else -((crop - size) // 2)
+
+
+class CropWindow(NamedTuple):
+    """Where a view's `size` x `size` crop comes from, in the pixel coordinates of the image as
+    decoded: output pixel (i, j) is centred on the source point (top + (i + 0.5) * step_y,
+    left + (j + 0.5) * step_x), columns mirrored when `flip`. A step above 1 shrinks (antialiased,
+    as the resize does). What data.decode=gpu workers send instead of pixels (batched_crops.py)."""
+
+    top: float
+    left: float
+    step_y: float
+    step_x: float
+    flip: bool
+    size: int
+
+
+class Placement(NamedTuple):
+    """A view's `crop` x `crop` square on the resized image: the resized (height, width), the
+    square's top-left corner there (negative where a centre crop pads), whether it is mirrored."""
+
+    resized: tuple[int, int]
+    top: int
+    left: int
+    crop: int
+    flip: bool
+
+    def window(self, height: int, width: int) -> CropWindow:
+        """The same crop in the coordinates of the (height, width) image before the resize."""
+        step_y, step_x = height / self.resized[0], width / self.resized[1]
+        top, left = self.top * step_y, self.left * step_x
+        return CropWindow(top, left, step_y, step_x, self.flip, self.crop)
+
+    def cut(self, image: torch.Tensor) -> torch.Tensor:
+        """The crop from a (C, H, W) image that is already resized: a slice (the flip copies)."""
+        view = image[..., self.top : self.top + self.crop, self.left : self.left + self.crop]
+        return view.flip(-1) if self.flip else view
+
+
 class ResizeRandomCropFlip:
     """Section 4.1's training view: shorter side to `resize`, a random `crop` square, a horizontal
-    flip half of the time. Crop and flip are slices of the uint8 tensor: no copy until collation."""
+    flip half of the time. The crop is a slice of the uint8 tensor (no copy until collation).
 
-    def __init__(self, resize: int, crop: int) -> None:
+    square=True is the paper (section 2: "we first rescaled the image such that the shorter side
+    was of length 256, and then cropped out the central 256x256 patch"; section 4.1 draws the crops
+    from those 256x256 images): a 500x375 photo, resized to 341x256, never shows its outer 42
+    columns on either side. square=False draws from the whole resized rectangle
+    (conf/transforms/rectangle.yaml).
+    """
+
+    def __init__(self, resize: int, crop: int, square: bool = True) -> None:
         _check_crop_fits(resize, crop)
-        self.resize, self.crop = resize, crop
+        self.resize, self.crop, self.square = resize, crop, square
+
+    def place(self, height: int, width: int) -> Placement:
+        """Draws a crop for a (height, width) image; torch's generator, seeded per worker by
+        seed_everything(workers=True), like torchvision's own transforms."""
+        resized_height, resized_width = resized_size(height, width, self.resize)
+        top, left, span_y, span_x = 0, 0, resized_height, resized_width
+        if self.square:
+            side = min(resized_height, resized_width)  # == resize
+            top, left = centre_offset(resized_height, side), centre_offset(resized_width, side)
+            span_y = span_x = side
+        top += int(torch.randint(span_y - self.crop + 1, ()))
+        left += int(torch.randint(span_x - self.crop + 1, ()))
+        flip = bool(torch.rand(()) < 0.5)
+        return Placement((resized_height, resized_width), top, left, self.crop, flip)
+
+    def window(self, height: int, width: int) -> CropWindow:
+        return self.place(height, width).window(height, width)
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        image = resize_shorter_side(image, self.resize)
-        height, width = image.shape[-2:]
-        # torch's generator: seeded per worker by seed_everything(workers=True), like v2's.
-        top = int(torch.randint(height - self.crop + 1, ()))
-        left = int(torch.randint(width - self.crop + 1, ()))
-        image = image[..., top : top + self.crop, left : left + self.crop]
-        return image.flip(-1) if torch.rand(()) < 0.5 else image
+        placement = self.place(*image.shape[-2:])
+        return placement.cut(resize_shorter_side(image, self.resize))
 
 
 class ResizeCenterCrop:
-    """The test view: shorter side to `resize`, then the central `crop` square.
+    """The test view: shorter side to `resize`, then the central `crop` square (the same whether
+    the training crops came from the central square or the whole rectangle: it lies inside both).
 
     resize=None is the notebook's view: the centre crop of the image as it is on disk, so images
     smaller than the crop are padded with black (kept as an option to reproduce the notebook).
@@ -66,26 +138,54 @@ class ResizeCenterCrop:
         _check_crop_fits(resize, crop)
         self.resize, self.crop = resize, crop
 
+    def place(self, height: int, width: int) -> Placement:
+        resized_height, resized_width = resized_size(height, width, self.resize)
+        top = centre_offset(resized_height, self.crop)
+        left = centre_offset(resized_width, self.crop)
+        return Placement((resized_height, resized_width), top, left, self.crop, False)
+
+    def window(self, height: int, width: int) -> CropWindow:
+        return self.place(height, width).window(height, width)
+
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         return F.center_crop(resize_shorter_side(image, self.resize), [self.crop, self.crop])
 
 
 class ResizeTenCrop:
     """The paper's test view (section 4.1): the four corner and the centre `crop` squares and their
-    mirrors, as one uint8 tensor of shape (10, 3, crop, crop). View 4 is ResizeCenterCrop's."""
+    mirrors, as one uint8 tensor of shape (10, 3, crop, crop); views 5-9 mirror views 0-4.
 
-    def __init__(self, resize: int | None, crop: int) -> None:
+    square=True (the paper) takes the corners from the central `resize` x `resize` square; False
+    from the corners of the whole resized rectangle (what checkpoints made before the square was
+    added were trained with). View 4 is ResizeCenterCrop's either way.
+    """
+
+    def __init__(self, resize: int | None, crop: int, square: bool = True) -> None:
         _check_crop_fits(resize, crop)
-        self.resize, self.crop = resize, crop
+        self.resize, self.crop, self.square = resize, crop, square
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        crop = self.crop
         if self.resize is None:
             # The notebook's models saw the centre crop of the image as stored; all ten views come
             # from that square (so the corner crops coincide with it).
-            image = F.center_crop(image, [self.crop, self.crop])
+            image = F.center_crop(image, [crop, crop])
         else:
             image = resize_shorter_side(image, self.resize)
-        return torch.stack(F.ten_crop(image, [self.crop, self.crop]))
+        corners_from = image
+        height, width = image.shape[-2:]
+        if self.square:
+            side = min(height, width)
+            top, left = centre_offset(height, side), centre_offset(width, side)
+            corners_from = image[..., top : top + side, left : left + side]
+        bottom, right = corners_from.shape[-2] - crop, corners_from.shape[-1] - crop
+        views = [
+            corners_from[..., y : y + crop, x : x + crop]
+            for y, x in ((0, 0), (0, right), (bottom, 0), (bottom, right))
+        ]
+        views.append(F.center_crop(image, [crop, crop]))
+        views = torch.stack(views)
+        return torch.cat([views, views.flip(-1)])
 
 
 class ToNormalizedFloat:
