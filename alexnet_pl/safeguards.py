@@ -1,16 +1,21 @@
-"""What keeps a long run's work safe: checkpoints that are never half-written, a checkpoint when the
-cluster sends SIGTERM, and a clear stop when the loss stops being a number."""
+"""What keeps a long run's work safe: checkpoints that are never half-written, and a stop on every
+rank at once when the cluster sends SIGTERM (with a checkpoint) or the loss stops being a number."""
 
 import logging
-import math
 import os
+import signal
+import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from lightning_fabric.plugins.environments import LightningEnvironment
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+from alexnet_pl.step_cadence import is_check_batch
 
 log = logging.getLogger(__name__)
 
@@ -37,13 +42,90 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             partial.unlink(missing_ok=True)
 
 
-class StopOnNonFiniteLoss(pl.Callback):
-    """Stops training at the first NaN or infinite loss, naming the step and the learning rate.
+class StopTogether(pl.Callback):
+    """Stops every rank at the same batch when the training loss stops being a number, or when
+    the cluster sends SIGTERM (preemption, time limit).
 
-    Checked every step (one host sync of a scalar): a diverged run otherwise burns GPU hours and
-    then overwrites last.ckpt with NaN weights. The exception also skips the checkpoint callbacks,
-    so last.ckpt stays the last good epoch.
+    A non-finite loss stops the run with the first bad step, its epoch and learning rate, and
+    writes no checkpoint: a diverged run otherwise burns GPU hours and then overwrites last.ckpt
+    with NaN weights. SIGTERM writes `checkpoint_path` (last.ckpt, mid-epoch) before the process
+    exits with status 143, so `ckpt_path=<run folder>` continues from there.
+
+    Under DDP a rank that stopped on its own would leave the others waiting in the next gradient
+    all-reduce until the collective timeout, and a checkpoint's barrier could meet another rank's
+    all-reduce. So each rank only records: a device-side record of its first non-finite loss (no
+    host read per step), a flag for SIGTERM. At check batches (step_cadence.py: the same batches
+    on every rank) and before any checkpoint can be written (validation start, epoch end), one
+    all-reduce tells every rank the first bad batch of any rank and whether any rank received
+    SIGTERM, and all stop there together.
     """
+
+    # The record of a rank without a non-finite loss; ranks' records are compared by their minimum.
+    NONE_BAD = 2**62
+
+    def __init__(self, checkpoint_path: str) -> None:
+        self.checkpoint_path = checkpoint_path
+        self.trainer: pl.Trainer | None = None
+        self.sigterm_received = False
+        # Batches are numbered over the run, the same on every rank; a rank's first bad one is
+        # recorded as number * world_size + rank, so the minimum over ranks names both.
+        self.batch_number = 0
+        self.first_bad: torch.Tensor | None = None  # on the device: that record, or NONE_BAD
+        self.first_bad_loss: torch.Tensor | None = None  # on the device: its loss value
+        # (step, epoch, batch index, learning rates) of each batch since the last check, by number.
+        self.unchecked: dict[int, tuple[int, int, int, list[float]]] = {}
+        # Set when the ranks agreed on SIGTERM at an epoch's last batch: they stop at the epoch's
+        # end instead, after its validation (and the checkpoint written there, with the plateau
+        # scheduler's step: exact_resume.py), so that a resume loses neither.
+        self.stop_at_epoch_end = False
+
+    def on_sanity_check_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.take_over_sigterm(trainer)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.take_over_sigterm(trainer)
+        self.start_recording(pl_module.device)
+
+    def start_recording(self, device: torch.device) -> None:
+        self.first_bad = torch.full((), self.NONE_BAD, dtype=torch.int64, device=device)
+        self.first_bad_loss = torch.zeros((), device=device)
+
+    def take_over_sigterm(self, trainer: pl.Trainer) -> None:
+        """Replaces Lightning's SIGTERM handler with one that only sets a flag. Called once
+        Lightning has registered its own (it restores the previous handlers at teardown).
+
+        Lightning's handler broadcasts inside the signal handler under DDP, and each rank then
+        stops at the batch where it happened to see the signal. Lightning also broadcasts rank 0's
+        flag and reads it back before every batch (a host sync per step); with its handler
+        replaced, that flag is never set, so the broadcast is switched off for this trainer's loop
+        (an attribute on the instance shadows the method; a Lightning without it is left alone).
+        """
+        if threading.current_thread() is not threading.main_thread():
+            return  # Python sets handlers only there; Lightning's handling stays as it is
+        self.trainer = trainer
+        signal.signal(signal.SIGTERM, self.on_sigterm)
+        epoch_loop = trainer.fit_loop.epoch_loop
+        if hasattr(epoch_loop, "_broadcast_sigterm_tensor"):
+            epoch_loop._broadcast_sigterm_tensor = lambda: None
+
+    def on_sigterm(self, signum: int, frame: Any) -> None:
+        if not self.sigterm_received and self.trainer is not None:
+            # As Lightning's handler: pass it on to the ranks Lightning's launcher started (when
+            # only this process received it), which agree with this one at the next check.
+            kill = getattr(self.trainer.strategy.launcher, "kill", None)
+            if kill is not None:
+                kill(signum)
+        self.sigterm_received = True
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        # The learning rates this batch's optimizer step uses (an epoch scheduler has stepped
+        # already by the last batch's end), for the message.
+        optimizers = trainer.optimizers
+        learning_rates = [group["lr"] for group in optimizers[0].param_groups] if optimizers else []
+        step = trainer.global_step + 1  # the step this batch completes, counting from 1
+        self.unchecked[self.batch_number] = (step, trainer.current_epoch, batch_idx, learning_rates)
 
     def on_train_batch_end(
         self,
@@ -53,37 +135,105 @@ class StopOnNonFiniteLoss(pl.Callback):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        if loss is None or math.isfinite(loss.item()):
-            return
-        learning_rates = [group["lr"] for group in trainer.optimizers[0].param_groups]
-        raise FloatingPointError(
-            f"the training loss is {loss.item()} at step {trainer.global_step} (counting from 1; "
-            f"epoch {trainer.current_epoch}, batch {batch_idx}) with learning rate "
-            f"{', '.join(f'{lr:g}' for lr in learning_rates)}. Training stopped; checkpoints/"
-            "last.ckpt holds the last good epoch. Lower optimizer.lr, or with model.init=paper "
-            "and SGD try model.init=pytorch, then resume with ckpt_path=<that checkpoint>."
+        # Lightning passes {} for a batch whose every image was undecodable (training_step
+        # returned None): nothing to check.
+        loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
+        if isinstance(loss, torch.Tensor):
+            self.record_if_not_finite(loss.detach(), trainer)
+        self.batch_number += 1
+        if is_check_batch(trainer, batch_idx):
+            last_batch = batch_idx + 1 >= trainer.num_training_batches
+            self.stop_if_any_rank_must(trainer, sigterm_waits_for_epoch_end=last_batch)
+
+    def record_if_not_finite(self, loss: torch.Tensor, trainer: pl.Trainer) -> None:
+        """A few kernels on a scalar, no host read: the device keeps the first bad batch."""
+        key = self.batch_number * trainer.world_size + trainer.global_rank
+        bad_key = torch.where(torch.isfinite(loss), self.NONE_BAD, key)
+        first = bad_key < self.first_bad
+        self.first_bad_loss = torch.where(first, loss.float(), self.first_bad_loss)
+        self.first_bad = torch.minimum(self.first_bad, bad_key)
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # A validation in mid-epoch can be followed by a checkpoint. At the epoch's end the last
+        # batch has been checked already, and before training (the sanity check) nothing ran.
+        if self.unchecked:
+            self.stop_if_any_rank_must(trainer)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Before ModelCheckpoint's save (Lightning runs checkpoint callbacks last).
+        if self.unchecked:
+            self.stop_if_any_rank_must(trainer)
+        if self.stop_at_epoch_end:
+            self.stop_at_epoch_end = False
+            self.stop_on_sigterm(trainer)
+
+    def stop_if_any_rank_must(
+        self, trainer: pl.Trainer, sigterm_waits_for_epoch_end: bool = False
+    ) -> None:
+        """One all-reduce (MIN) of [first bad record, -SIGTERM flag] and one host read; every rank
+        calls it at the same batch and takes the same decision."""
+        decision = torch.stack(
+            [self.first_bad, self.first_bad.new_full((), -int(self.sigterm_received))]
         )
+        if trainer.world_size > 1:
+            # Straight to torch: strategy.reduce would add a barrier, a second collective.
+            torch.distributed.all_reduce(decision, op=torch.distributed.ReduceOp.MIN)
+        first_bad, minus_sigterm = decision.tolist()
+        if first_bad < self.NONE_BAD:
+            raise FloatingPointError(self.non_finite_message(trainer, first_bad))
+        self.unchecked.clear()
+        if minus_sigterm and sigterm_waits_for_epoch_end:
+            self.stop_at_epoch_end = True
+        elif minus_sigterm:
+            self.stop_on_sigterm(trainer)
 
+    def stop_on_sigterm(self, trainer: pl.Trainer) -> None:
+        log.info("rank %d: SIGTERM; stopping at step %d", trainer.global_rank, trainer.global_step)
+        raise SIGTERMException()
 
-class CheckpointOnSigterm(pl.Callback):
-    """Clusters send SIGTERM before they preempt or time out a job. Lightning turns it into a
-    SIGTERMException at the next batch; this writes last.ckpt (mid-epoch) before the process
-    exits, so `ckpt_path=<run folder>` continues from there."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
+    def non_finite_message(self, trainer: pl.Trainer, first_bad: int) -> str:
+        batch_number, bad_rank = divmod(first_bad, trainer.world_size)
+        # The loss value is known on the rank that saw it: one more collective, on the way out.
+        value = self.first_bad_loss.item() if trainer.global_rank == bad_rank else None
+        value = trainer.strategy.broadcast(value, src=bad_rank)
+        step, epoch, batch_idx, learning_rates = self.unchecked[batch_number]
+        where = f"epoch {epoch}, batch {batch_idx}"
+        if trainer.world_size > 1:
+            where += f", on rank {bad_rank} of {trainer.world_size}; all ranks stopped together"
+        return (
+            f"the training loss is {value} at step {step} (counting from 1; {where}) with "
+            f"learning rate {', '.join(f'{lr:g}' for lr in learning_rates)}. Training stopped "
+            "without writing a checkpoint; checkpoints/last.ckpt holds the last good one. Lower "
+            "optimizer.lr, or with model.init=paper and SGD try model.init=pytorch, then resume "
+            "with ckpt_path=<that checkpoint>."
+        )
 
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
         if isinstance(exception, SIGTERMException):
-            # Every rank must call save_checkpoint (it synchronises); only rank 0 writes.
-            trainer.save_checkpoint(self.path)
+            # Every rank raised at the same batch and calls save_checkpoint (it synchronises);
+            # only rank 0 writes.
+            trainer.save_checkpoint(self.checkpoint_path)
             if trainer.is_global_zero:
                 log.warning(
                     "SIGTERM: wrote %s at step %d; resume with ckpt_path=%s",
-                    self.path,
+                    self.checkpoint_path,
                     trainer.global_step,
-                    self.path,
+                    self.checkpoint_path,
                 )
+
+
+def sigterm_exit_status(trainer: pl.Trainer) -> int:
+    """The exit status of a run that StopTogether stopped on SIGTERM: 128 + SIGTERM, as a
+    process killed by it, so that a job scheduler sees the interruption.
+
+    Except on the ranks that Lightning's own launcher started (trainer.devices=N on one machine
+    without torchrun or srun): their status is read only by that launcher, which kills rank 0
+    with SIGKILL when one is not 0, possibly while rank 0 still finishes; rank 0's status is the
+    run's.
+    """
+    environment = getattr(trainer.strategy, "cluster_environment", None)
+    if trainer.local_rank > 0 and isinstance(environment, LightningEnvironment):
+        return 0
+    return 128 + signal.SIGTERM

@@ -1,19 +1,20 @@
-"""SLURM preemption the cluster way, simulated on one machine: SIGUSR1 -> Lightning writes an HPC
-checkpoint and calls `scontrol requeue` -> the job is killed -> the same command starts again
-(as the requeued job does) and resumes by itself."""
+"""SLURM preemption the cluster way, simulated on one machine: SIGUSR1 to every process of the job
+step, DataLoader workers included -> Lightning writes an HPC checkpoint and calls `scontrol
+requeue` -> the job is killed -> the same command starts again (as the requeued job does) and
+resumes by itself."""
 
 import json
 import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from tests.conftest import SMALL_RUN
+from tests.test_launchers import process_group, wait_for, wait_for_group_to_end
 
 FAKE_SCONTROL = """#!/bin/sh
 # Stands in for SLURM's scontrol: records the requeue, then ends the job as SLURM would.
@@ -45,7 +46,9 @@ def slurm_environment(tmp_path: Path) -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_sigusr1_checkpoints_requeues_and_the_requeued_job_resumes(larger_image_root, tmp_path):
+def test_sigusr1_to_the_job_step_checkpoints_requeues_and_the_requeued_job_resumes(
+    larger_image_root, tmp_path
+):
     run_dir = tmp_path / "outputs" / "slurm" / "4242"  # fixed per job id, as in the README
     command = [
         sys.executable,
@@ -53,19 +56,18 @@ def test_sigusr1_checkpoints_requeues_and_the_requeued_job_resumes(larger_image_
         "alexnet_pl.train",
         *SMALL_RUN,
         f"data.root={larger_image_root}",
-        "trainer.max_epochs=4",
+        "data.num_workers=2",  # SLURM signals the loader workers too
+        "trainer.max_epochs=2",  # the signal comes in epoch 1, the requeued job finishes it
         f"hydra.run.dir={run_dir}",
     ]
     env = slurm_environment(tmp_path)
-    job = subprocess.Popen(
-        command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    deadline = time.monotonic() + 240
-    while not (run_dir / "checkpoints" / "last.ckpt").exists():
-        assert job.poll() is None and time.monotonic() < deadline, "the first epoch never ended"
-        time.sleep(0.2)
-    job.send_signal(signal.SIGUSR1)  # what `#SBATCH --signal=SIGUSR1@120` sends
-    assert job.wait(timeout=120) == -signal.SIGKILL  # ended by the (fake) requeue
+    with process_group(command, tmp_path, env) as job:
+        wait_for(run_dir / "checkpoints" / "last.ckpt", job)  # the first epoch has ended
+        # What `#SBATCH --signal=SIGUSR1@120` sends: to every process of the step.
+        os.killpg(job.pid, signal.SIGUSR1)
+        assert job.wait(timeout=120) == -signal.SIGKILL  # ended by the (fake) requeue
+        wait_for_group_to_end(job.pid, limit=60)  # the workers follow their main process
+    assert "DataLoader worker" not in (tmp_path / "output.txt").read_text()
     assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", "4242"]
     hpc = torch.load(run_dir / "hpc_ckpt_1.ckpt", weights_only=False)
     assert hpc["global_step"] >= 5
@@ -78,4 +80,4 @@ def test_sigusr1_checkpoints_requeues_and_the_requeued_job_resumes(larger_image_
         requeued.stdout + requeued.stderr
     )
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["epochs_trained"] == 4
+    assert metrics["epochs_trained"] == 2

@@ -1,0 +1,76 @@
+"""Callbacks that tests/test_exact_resume.py adds to real CLI runs
+(`+callbacks.<name>._target_=tests.probes_resume.<Class>`): interruptions that land at a chosen
+batch, and a record of the learning rate every batch trained with."""
+
+import json
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+
+
+def at(trainer: pl.Trainer, batch_idx: int, epoch: int, batch: int) -> bool:
+    return trainer.current_epoch == epoch and batch_idx == batch
+
+
+class SigtermAt(pl.Callback):
+    """Sends SIGTERM to its own process when batch `batch` of epoch `epoch` has trained: what a
+    cluster does at a time limit, landing mid-epoch at a known place."""
+
+    def __init__(self, epoch: int, batch: int) -> None:
+        self.epoch, self.batch = epoch, batch
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, idx: int
+    ) -> None:
+        if at(trainer, idx, self.epoch, self.batch):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+class SaveThenKillAt(pl.Callback):
+    """At the end of batch `batch` of epoch `epoch`, every rank writes `path` (trainer.
+    save_checkpoint, as CheckpointOnSigterm and SLURM's requeue do) and then kills itself with
+    SIGKILL: a mid-epoch checkpoint under DDP without depending on how SIGTERM reaches the ranks."""
+
+    def __init__(self, epoch: int, batch: int, path: str) -> None:
+        self.epoch, self.batch, self.path = epoch, batch, path
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, idx: int
+    ) -> None:
+        if at(trainer, idx, self.epoch, self.batch):
+            trainer.save_checkpoint(self.path)  # all ranks; it ends in a barrier after rank 0 wrote
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class LearningRateRecorder(pl.Callback):
+    """Appends one JSON line per training batch to <path>/lr_rank<R>.jsonl: epoch, batch index, the
+    learning rates the batch trains with and the first scheduler's state_dict. Appends, so a
+    resumed run continues the same file. At the end of training it writes the scheduler's final
+    state to <path>/scheduler_rank<R>.json."""
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        record = {
+            "epoch": trainer.current_epoch,
+            "batch_idx": batch_idx,
+            "lr": [group["lr"] for group in trainer.optimizers[0].param_groups],
+            "scheduler": trainer.lr_scheduler_configs[0].scheduler.state_dict(),
+        }
+        self.path.mkdir(parents=True, exist_ok=True)
+        with (self.path / f"lr_rank{trainer.global_rank}.jsonl").open("a") as file:
+            file.write(json.dumps(record) + "\n")
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        final = trainer.lr_scheduler_configs[0].scheduler.state_dict()
+        (self.path / f"scheduler_rank{trainer.global_rank}.json").write_text(json.dumps(final))
+
+
+def read_learning_rates(path: Path, rank: int = 0) -> list[dict]:
+    return [json.loads(line) for line in (path / f"lr_rank{rank}.jsonl").read_text().splitlines()]
