@@ -9,8 +9,31 @@ from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from alexnet_pl.checkpoint import CURRENT_FORMAT, FORMAT_KEY
+from alexnet_pl.step_cadence import forget_check_values, is_check_batch, log_check_values
+
 OptimizerFactory = Callable[..., torch.optim.Optimizer]  # a functools.partial from Hydra
 SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
+TRAIN_METRICS = ("train/loss", "train/top1", "train/top5")
+
+
+def batch_counts(
+    logits: torch.Tensor, labels: torch.Tensor, loss: torch.Tensor, top_k: int
+) -> torch.Tensor:
+    """[loss summed over the images, top-1 hits, top-k hits, images] of one batch, as one float32
+    tensor on the device: a few small kernels, and nothing the host has to wait for."""
+    # (batch, k), best first; a label appears at most once in a row, so the sum counts the images
+    # whose label is among their k best.
+    hits = logits.topk(top_k, dim=1).indices == labels.unsqueeze(1)
+    images = labels.shape[0]
+    return torch.stack(
+        [
+            loss.float() * images,
+            hits[:, 0].sum(dtype=torch.float32),
+            hits.sum(dtype=torch.float32),
+            torch.full_like(loss, images, dtype=torch.float32),
+        ]
+    )
 
 
 class AlexNetModule(pl.LightningModule):
@@ -22,25 +45,43 @@ class AlexNetModule(pl.LightningModule):
         scheduler_monitor: str = "val/loss",
         channels_last: bool = False,
         compile: dict[str, Any] | None = None,
+        run_config: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        self.run_config = run_config  # the resolved config, stored in every checkpoint
         # channels_last: NHWC tensors, the layout cuDNN's tensor-core convolutions run in (bf16).
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.network = network.to(memory_format=self.memory_format)
         self.compile_options = compile
+        # CUDA graphs replay recorded kernels into fixed output buffers; each step must say that
+        # it starts a new iteration, so the previous step's outputs may be overwritten.
+        self.cuda_graphs = bool(compile) and compile.get("mode") in (
+            "reduce-overhead",
+            "max-autotune",
+        )
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.scheduler_monitor = scheduler_monitor
         self.loss = nn.CrossEntropyLoss()
         num_classes = self.num_classes
-        top5 = min(5, num_classes)  # torchmetrics refuses top_k > num_classes (tiny test sets)
-        # torchmetrics accumulates counts on every process and sums them across DDP ranks at the
-        # end of the epoch, so the logged accuracy is over the whole validation set.
-        self.train_top1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
-        self.train_top5 = MulticlassAccuracy(num_classes, top_k=top5, average="micro")
-        self.val_top1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
-        self.val_top5 = MulticlassAccuracy(num_classes, top_k=top5, average="micro")
-        self.val_loss = MeanMetric()
+        self.top_k = min(5, num_classes)  # top-5 of fewer than five classes is top-all
+        # Training metrics: every step adds its loss sum, top-1 and top-5 hits and image count to
+        # this device tensor; the host reads it at check batches only (step_cadence.py). A plain
+        # attribute, not a buffer: DDP would copy rank 0's buffers to every rank at each step,
+        # and checkpoints would carry it.
+        self.train_window = torch.zeros(4)
+        self.count_batch = batch_counts  # compiled into one or two kernels on CUDA (on_fit_start)
+        # Validation runs once per epoch, so torchmetrics is fine there. Its argument checks and
+        # NaN checks read values back to the host at every batch: off, the inputs are ours.
+        # torchmetrics sums the counts over DDP ranks at the end of the epoch, so the logged
+        # accuracy is over the whole validation set.
+        self.val_top1 = MulticlassAccuracy(
+            num_classes, top_k=1, average="micro", validate_args=False
+        )
+        self.val_top5 = MulticlassAccuracy(
+            num_classes, top_k=self.top_k, average="micro", validate_args=False
+        )
+        self.val_loss = MeanMetric(nan_strategy="disable")
 
     @property
     def num_classes(self) -> int:
@@ -54,6 +95,15 @@ class AlexNetModule(pl.LightningModule):
                 f"classes; run with model.num_classes={len(class_names)}"
             )
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The config (how to rebuild the network and its preprocessing) and the class names (what
+        # its outputs mean) let evaluate, predict and export use a checkpoint alone. Written here,
+        # not by a callback: Lightning skips callbacks' hooks in weights-only checkpoints (best-*).
+        checkpoint[FORMAT_KEY] = CURRENT_FORMAT  # what the weights mean (checkpoint.py)
+        if self.run_config is not None:
+            checkpoint["config"] = self.run_config
+            checkpoint["class_names"] = list(getattr(self.trainer.datamodule, "class_names", []))
+
     def configure_model(self) -> None:
         if self.compile_options is not None:
             # nn.Module.compile compiles in place: the state_dict keys stay those of the plain
@@ -61,7 +111,16 @@ class AlexNetModule(pl.LightningModule):
             # an "_orig_mod." prefix to every key).
             self.network.compile(**self.compile_options)
 
+    def on_fit_start(self) -> None:
+        self.train_window = torch.zeros(4, device=self.device)
+        if self.compile_options is not None and self.device.type == "cuda":
+            # Eager, the per-step counting is about ten tiny kernels; compiled, two or three.
+            backend = self.compile_options.get("backend", "inductor")
+            self.count_batch = torch.compile(batch_counts, backend=backend)
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
         return self.network(images.contiguous(memory_format=self.memory_format))
 
     def training_step(
@@ -72,22 +131,36 @@ class AlexNetModule(pl.LightningModule):
             return None  # every image of this batch was undecodable: nothing to learn from
         logits = self(images)
         loss = self.loss(logits, labels)
-        self.train_top1(logits, labels)
-        self.train_top5(logits, labels)
-        self.log("train/loss", loss, prog_bar=True)
-        self.log("train/top1", self.train_top1)  # this batch's accuracy, as train/loss is
-        self.log("train/top5", self.train_top5)
+        self.train_window += self.count_batch(logits.detach(), labels, loss.detach(), self.top_k)
         return loss
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        forget_check_values(self.trainer, TRAIN_METRICS)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # Here rather than in training_step: every rank reaches this hook at every batch, even one
+        # whose images were all undecodable, so all ranks meet in the collective below together.
+        if not is_check_batch(self.trainer, batch_idx):
+            return
+        # Summed over DDP ranks in place (one collective); then the one host read.
+        totals = self.trainer.strategy.reduce(self.train_window, reduce_op="sum")
+        loss_sum, top1_hits, top5_hits, images = totals.tolist()
+        self.train_window.zero_()
+        if images:
+            means = (loss_sum / images, top1_hits / images, top5_hits / images)
+            log_check_values(self, dict(zip(TRAIN_METRICS, means, strict=True)))
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         images, labels = batch
         if images is None:
             return
         logits = self(images)
-        # Weighted by batch size, so a short last batch counts for what it holds.
-        self.val_loss(self.loss(logits, labels), weight=labels.numel())
-        self.val_top1(logits, labels)
-        self.val_top5(logits, labels)
+        # One value per image, so a short last batch counts for what it holds. (Not the batch mean
+        # with weight=batch size: with nan_strategy="disable" torchmetrics 1.9 drops the weights.)
+        self.val_loss.update(nn.functional.cross_entropy(logits, labels, reduction="none"))
+        self.val_top1.update(logits, labels)
+        self.val_top5.update(logits, labels)
+        # Metric objects: Lightning computes them once, at the end of the epoch.
         self.log("val/loss", self.val_loss, prog_bar=True)
         self.log("val/top1", self.val_top1, prog_bar=True)
         self.log("val/top5", self.val_top5)

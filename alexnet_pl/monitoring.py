@@ -2,11 +2,14 @@
 (the paper's Figure 3), augmented inputs, and the hyperparameters beside the final metrics.
 
 All of them write on rank 0 only, through the TensorBoardLogger's SummaryWriter, and do nothing
-when the run has no TensorBoardLogger (fast_dev_run, or a run configured without one).
+when the run has no TensorBoardLogger (fast_dev_run, or a run configured without one: that run's
+log says so once).
 """
 
+import logging
 import math
 import time
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -18,15 +21,37 @@ from torch.utils.tensorboard import SummaryWriter
 from torchvision.utils import make_grid
 
 from alexnet_pl.run_record import FINAL_METRICS
+from alexnet_pl.step_cadence import forget_check_values, is_check_batch, log_check_values
 
 Scalar = int | float | str | bool
+log = logging.getLogger(__name__)
+# The runs whose log already says that these views are off: one note per run, not per view or step.
+_told_no_tensorboard: "weakref.WeakSet[pl.Trainer]" = weakref.WeakSet()
 
 
 def tensorboard_of(trainer: pl.Trainer) -> TensorBoardLogger | None:
     """The run's TensorBoardLogger on rank 0; None on other ranks or when there is none."""
     if not trainer.is_global_zero:
         return None
-    return next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
+    logger = next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
+    if logger is None and trainer not in _told_no_tensorboard:
+        _told_no_tensorboard.add(trainer)
+        note_views_are_off(trainer)
+    return logger
+
+
+def note_views_are_off(trainer: pl.Trainer) -> None:
+    """One line in the log naming the views this run configured but cannot show."""
+    views = sorted({type(c).__name__ for c in trainer.callbacks if type(c).__module__ == __name__})
+    if trainer.fast_dev_run or not views:  # fast_dev_run turns every logger off, as documented
+        return
+    loggers = ", ".join(type(lg).__name__ for lg in trainer.loggers) or "none"
+    log.info(
+        "%s write to TensorBoard only, and this run has no TensorBoardLogger (loggers: %s), so "
+        "they stay off; add tensorboard to see them, e.g. logger=[tensorboard,csv]",
+        ", ".join(views),
+        loggers,
+    )
 
 
 def summary_writer(trainer: pl.Trainer) -> SummaryWriter | None:
@@ -66,6 +91,11 @@ class Throughput(pl.Callback):
         if pl_module.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(pl_module.device)
 
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        forget_check_values(trainer, ("images/s",))  # the progress bar keeps showing it
+
     def on_train_batch_end(
         self,
         trainer: pl.Trainer,
@@ -83,16 +113,16 @@ class Throughput(pl.Callback):
             # workers to start (or for validation to finish): that wait is not training speed.
             self.window_start, self.window_images = now, 0
             return
-        self.window_images += len(images_of(batch)) * trainer.world_size
+        images = images_of(batch)  # None when every image of the batch was undecodable
+        self.window_images += (0 if images is None else len(images)) * trainer.world_size
         step = trainer.global_step
-        every = trainer.log_every_n_steps  # 0 turns Lightning's logging off, and this with it
-        # Compared with the last logged step because with gradient accumulation several batches
-        # end at the same global step.
-        if every and step % every == 0 and step > self.logged_step:
+        # At the check batches (step_cadence.py), as the training metrics. Compared with the last
+        # logged step because with gradient accumulation several batches end at the same step.
+        if is_check_batch(trainer, batch_idx) and step > self.logged_step:
             rate = self.window_images / (now - self.window_start)
             writer.add_scalar("train/images_per_second", rate, step)
             # Also in the terminal's progress bar (which otherwise shows batches per second).
-            pl_module.log("images/s", rate, prog_bar=True, logger=False, rank_zero_only=True)
+            log_check_values(pl_module, {"images/s": rate}, logger=False)
             self.window_start, self.window_images, self.logged_step = now, 0, step
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -200,7 +230,7 @@ class InputSamples(pl.Callback):
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        if self.done:
+        if self.done or images_of(batch) is None:  # None: no image of it could be decoded
             return
         self.done = True
         writer = summary_writer(trainer)

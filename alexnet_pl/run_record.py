@@ -1,5 +1,6 @@
-"""Callbacks that leave a run's record behind: its configuration and class names in every
-checkpoint, and the final validation metrics as JSON for scripts."""
+"""What leaves a run's record behind: its configuration in every logger (and the W&B run closed at
+the end), and the final validation metrics as JSON for scripts. (The configuration and class names
+in every checkpoint are written by AlexNetModule.on_save_checkpoint: see there why not here.)"""
 
 import json
 import logging
@@ -8,24 +9,34 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+from pytorch_lightning.loggers import Logger, WandbLogger
 
 log = logging.getLogger(__name__)
 FINAL_METRICS = ("val/loss", "val/top1", "val/top5")
 
 
-class RunInfoInCheckpoint(pl.Callback):
-    """Stores the resolved run configuration (seed included) under checkpoint["config"] and the
-    class names under checkpoint["class_names"], so that a checkpoint alone says how to rebuild its
-    model and data transforms and what its outputs mean."""
+class ConfigToLoggers(pl.Callback):
+    """Logs the resolved run configuration (seed and num_classes as used) as the hyperparameters of
+    every configured logger when fitting starts: TensorBoard's and CSV's hparams.yaml, the W&B run's
+    config, the MLflow run's parameters (flattened: model/num_classes)."""
 
     def __init__(self, config: dict[str, Any]) -> None:
         self.config = config
 
-    def on_save_checkpoint(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict
-    ) -> None:
-        checkpoint["config"] = self.config
-        checkpoint["class_names"] = list(getattr(trainer.datamodule, "class_names", []))
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        for logger in trainer.loggers:  # each logger writes on rank 0 only
+            logger.log_hyperparams(self.config)
+
+
+def end_wandb_run(loggers: list[Logger]) -> None:
+    """Finishes the W&B run of a run configured with a WandbLogger. W&B keeps one run per process
+    until it is finished, and a new WandbLogger joins the run in progress: the next job of a Hydra
+    sweep (`-m`, one process) would log into this job's run and folder. Not in a callback: the
+    loggers are finalised after the callbacks' last hook, and finalising may still use the run."""
+    if any(isinstance(logger, WandbLogger) for logger in loggers):
+        import wandb  # installed: a WandbLogger exists
+
+        wandb.finish()
 
 
 class FinalMetricsWriter(pl.Callback):

@@ -1,8 +1,10 @@
 """Fixtures: small real JPEG folders on disk, and a runner for the real training CLI."""
 
 import os
+import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -141,3 +143,30 @@ def trained_run(larger_image_root: Path, tmp_path_factory: pytest.TempPathFactor
     )
     assert result.returncode == 0, result.stderr[-4000:]
     return run_dir
+
+
+@pytest.fixture(scope="session")
+def counted_classes_run(
+    image_root: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Path]:
+    """The run folder of one real epoch with model.num_classes left at its default (counted from
+    the class folders), all four loggers (TensorBoard, CSV, W&B offline, MLflow's file store in the
+    run folder, whatever the environment says) and only the best checkpoint, which is weights-only.
+    Shared by test_run_folder.py and test_loggers.py; its 230 MB checkpoint is removed after."""
+    run_dir = tmp_path_factory.mktemp("counted") / "run"
+    with pytest.MonkeyPatch.context() as environment:
+        for name in ("WANDB_MODE", "MLFLOW_TRACKING_URI"):  # the tests must not go online
+            environment.delenv(name, raising=False)
+        result = run_train_cli(
+            *(o for o in SMALL_RUN if not o.startswith("model.num_classes=")),
+            f"data.root={image_root}",
+            "trainer.max_epochs=1",
+            "seed=3",
+            "logger=[tensorboard,csv,wandb,mlflow]",
+            "~callbacks.last_checkpoint",
+            f"hydra.run.dir={run_dir}",
+            cwd=run_dir.parent,
+        )
+    assert result.returncode == 0, result.stderr[-4000:]
+    yield run_dir
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)

@@ -2,17 +2,31 @@
 
 import pytest
 import torch
+from omegaconf import OmegaConf
+from torch.nn import Dropout
 
 from alexnet_pl.train import train
 from tests.conftest import SMALL_RUN
 
 
-def test_fast_dev_run_in_process_trains_one_batch(compose_config, image_root):
+def test_fast_dev_run_in_process_trains_one_batch(compose_config, image_root, tmp_path):
     cfg = compose_config(*SMALL_RUN, f"data.root={image_root}", "trainer.fast_dev_run=true")
     trainer = train(cfg)
     assert trainer.global_step == 1
     assert {"train/loss", "val/loss", "val/top1", "val/top5"} <= set(trainer.callback_metrics)
     assert isinstance(trainer.lightning_module.network, torch.nn.Module)
+    # On a CPU the speed switches stay off (float32 eager), and config.yaml records that.
+    assert trainer.precision == "32-true"
+    network = trainer.lightning_module.network
+    assert network._compiled_call_impl is None
+    assert not network.features[0].weight.is_contiguous(memory_format=torch.channels_last)
+    saved = OmegaConf.load(tmp_path / "config.yaml")
+    assert (saved.trainer.precision, saved.channels_last, saved.compile, saved.tf32) == (
+        "32-true",
+        False,
+        None,
+        False,
+    )
 
 
 def test_default_config_is_the_notebooks_recipe(compose_config):
@@ -49,7 +63,8 @@ def test_command_line_overrides_reach_the_objects(compose_config, image_root):
     optimizer = trainer.optimizers[0]
     assert optimizer.param_groups[0]["lr"] == pytest.approx(3e-4)
     assert optimizer.defaults["fused"] is True
-    assert trainer.lightning_module.network.classifier[0].p == 0.2
+    dropouts = [m for m in trainer.lightning_module.network.modules() if isinstance(m, Dropout)]
+    assert dropouts and all(dropout.p == 0.2 for dropout in dropouts)
 
 
 def test_gpu_step_switches_reach_the_module_and_keep_checkpoint_keys(compose_config, image_root):

@@ -1,14 +1,17 @@
 """The real command, `python -m alexnet_pl.train ...`, in a subprocess on real JPEG folders."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from alexnet_pl.data.demo_data import SHAPES
-from tests.conftest import SMALL_RUN, run_train_cli
+from tests.conftest import SMALL_RUN, cli_environment, run_train_cli
 
 
 def assert_succeeded(result) -> None:
@@ -121,7 +124,7 @@ def test_short_run_writes_metrics_and_checkpoints_then_resumes_at_the_next_epoch
     assert metrics["global_step"] == 2 * (40 // 8)  # 40 train images, batch 8, two epochs
 
     last = first / "checkpoints" / "last.ckpt"
-    best = list((first / "checkpoints").glob("best-epoch*-val_top1=*.ckpt"))
+    best = list((first / "checkpoints").glob("best-epoch*-val_top1_*.ckpt"))
     assert last.is_file() and len(best) == 1
     assert Path(metrics["best_checkpoint"]) == best[0]
     checkpoint = torch.load(last, map_location="cpu", weights_only=False)
@@ -159,19 +162,36 @@ def test_short_run_writes_metrics_and_checkpoints_then_resumes_at_the_next_epoch
 
 
 @pytest.mark.slow
-def test_unset_seed_is_drawn_and_recorded(image_root, tmp_path):
-    result = run_train_cli(
-        *SMALL_RUN,
-        f"data.root={image_root}",
-        "trainer.max_epochs=1",
-        f"hydra.run.dir={tmp_path}",
+def test_unset_seed_is_drawn_and_recorded_and_an_exported_pl_global_seed_is_not_it(
+    image_root, tmp_path
+):
+    # A PL_GLOBAL_SEED left in the shell (Lightning sets it in every process it seeds) must not
+    # fix the seed of a run that asks for a drawn one.
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "alexnet_pl.train",
+            *SMALL_RUN,
+            f"data.root={image_root}",
+            "trainer.max_epochs=1",
+            f"hydra.run.dir={tmp_path}",
+        ],
         cwd=tmp_path,
+        env={**cli_environment(), "PL_GLOBAL_SEED": "1234"},
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert_succeeded(result)
     seed = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["config"]["seed"]
-    assert isinstance(seed, int)
+    assert isinstance(seed, int) and seed != 1234
     assert f"seed: {seed}" in (tmp_path / "config.yaml").read_text()
     assert f"Seed set to {seed}" in result.stdout + result.stderr
+
+
+def saved_config(run_folder: Path) -> dict:
+    return yaml.safe_load((run_folder / "config.yaml").read_text())
 
 
 def test_sweep_runs_each_job_in_its_own_folder(image_root, tmp_path):
@@ -186,8 +206,10 @@ def test_sweep_runs_each_job_in_its_own_folder(image_root, tmp_path):
         cwd=tmp_path,
     )
     assert_succeeded(result)
-    learning_rates = sorted((sweep / job / "config.yaml").read_text() for job in ("0", "1"))
-    assert "lr: 0.0001" in learning_rates[0] and "lr: 0.0003" in learning_rates[1]
+    configs = [saved_config(sweep / job) for job in ("0", "1")]
+    assert sorted(config["optimizer"]["lr"] for config in configs) == [1e-4, 3e-4]
+    # seed=null: each job draws its own, not the one the first job left in PL_GLOBAL_SEED.
+    assert configs[0]["seed"] != configs[1]["seed"]
 
 
 def test_sweep_with_ddp_is_refused_with_what_to_do_instead(image_root, tmp_path):
