@@ -13,10 +13,11 @@ without them runs 2.6x faster). Here the forward and the backward are each one e
 and d (in float32) from the forward: its window then reads only x, g and d at neighbouring
 channels, which one kernel can do, where recomputing d there would need an intermediate buffer and a
 second kernel. On CUDA each formula runs as a torch.compile'd function, so even an eager network
-gets one kernel each way; inside a torch.compile'd network the formulas are traced as plain
-operations and fused with their neighbours. On the CPU both stay plain eager operations: no
-compile time for CPU runs and the tests. The arithmetic is in float32 whatever the input's dtype
-(bf16 under autocast), as cuDNN's normalisations do; the result has the input's dtype.
+gets a kernel or two each way; inside a torch.compile'd network the forward formula is traced as
+plain operations, autograd derives its backward and inductor fuses both with their neighbours.
+On the CPU both stay plain eager operations: no compile time for CPU runs and the tests. The
+arithmetic is in float32 whatever the input's dtype (bf16 under autocast), as cuDNN's
+normalisations do; the result has the input's dtype.
 """
 
 import functools
@@ -94,9 +95,9 @@ def compiled_kernels(
     def backward(x: torch.Tensor, d: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
         return lrn_backward(x, d, grad, size, alpha, beta, k, groups)
 
-    return tuple(
-        torch.compile(f, fullgraph=True) for f in (forward_for_backward, forward, backward)
-    )
+    # dynamic=True: one compiled kernel serves every shape (both LRN layers, training and
+    # validation batches); compiling per shape would soon reach dynamo's recompile limit.
+    return tuple(torch.compile(f, dynamic=True) for f in (forward_for_backward, forward, backward))
 
 
 @functools.cache
@@ -111,9 +112,7 @@ def triton_available() -> bool:
 
 
 def use_compiled_kernels(x: torch.Tensor) -> bool:
-    # Inside a compiled network the plain formulas are traced and fused with the layers around
-    # them; a compiled function called from there would only be inlined again.
-    return x.is_cuda and not torch.compiler.is_compiling() and triton_available()
+    return x.is_cuda and triton_available()
 
 
 class LocalResponseNormFunction(torch.autograd.Function):
@@ -160,9 +159,13 @@ class LocalResponseNorm(nn.Module):
                 f"LocalResponseNorm with groups={self.groups} needs channels divisible into "
                 f"{self.groups} towers; the input has {x.shape[1]} (shape {tuple(x.shape)})"
             )
-        return LocalResponseNormFunction.apply(
-            x, self.size, self.alpha, self.beta, self.k, self.groups
-        )
+        constants = (self.size, self.alpha, self.beta, self.k, self.groups)
+        if torch.compiler.is_compiling():
+            # Inside a compiled network: the plain formula, whose backward autograd derives and
+            # inductor fuses with the layers around it. (The autograd.Function traced by dynamo
+            # gave zero input gradients and illegal memory accesses on an H200, torch 2.11.)
+            return lrn_forward(x, *constants)[0]
+        return LocalResponseNormFunction.apply(x, *constants)
 
     def extra_repr(self) -> str:
         constants = f"alpha={self.alpha}, beta={self.beta}, k={self.k}, groups={self.groups}"

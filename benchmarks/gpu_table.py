@@ -226,6 +226,14 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=Path("/tmp/alexnet_pl_gpu"))
     parser.add_argument("--budget", type=float, default=540, help="seconds; later runs are cut")
     parser.add_argument("--smoke", action="store_true", help="tiny settings, CPU: a plumbing check")
+    parser.add_argument(
+        "--timeouts",
+        type=float,
+        nargs=3,
+        default=(220, 100, 60),
+        metavar=("STEP", "CLI", "USER"),
+        help="seconds for step.py, each CLI run and the user's loop",
+    )
     args = parser.parse_args()
     out = Path(os.environ["OUT"]) if os.environ.get("OUT") else None
     logs = (out or args.cache) / "gpu_logs"
@@ -234,7 +242,7 @@ def main() -> None:
     # workers' prefetched batches (workers x 2, filled while the first step compiles) are used up.
     args.cli_steps, args.cli_warmup, args.log_every = 120, 40, 10
     args.cli_batch, args.cli_extra = CLI_BATCH, []
-    timeouts = {"step": 220, "cli": 100, "user": 60}
+    timeouts = dict(zip(("step", "cli", "user"), args.timeouts, strict=True))
     step_args = ["--device", "cuda"]
     user_args = ["--device", "cuda", "--workers", str(args.workers)]
     decodes = ["cpu", "gpu"]

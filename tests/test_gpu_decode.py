@@ -256,7 +256,9 @@ def test_cuda_crops_match_the_cpu_path(tmp_path, view):
     difference = (on_gpu.cpu().int() - on_cpu.int()).abs().float()
     # nvjpeg and libjpeg-turbo differ in their inverse DCT and upsampling by a level or two.
     assert difference.mean() < 1.0, difference.mean()
-    assert difference.mean(dim=(1, 2, 3)).max() < 2.0
+    # Per image, measured on an H200 (torch 2.11): 0.3 to 2.3 levels, the two decoders and the
+    # float16 arithmetic of the GPU path together.
+    assert difference.mean(dim=(1, 2, 3)).max() < 3.0
 
 
 @CUDA

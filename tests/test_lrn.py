@@ -112,7 +112,7 @@ def test_a_compiled_network_traces_through_it_without_a_graph_break():
     """fullgraph=True fails on any graph break; aot_eager traces forward and backward as
     torch.compile does, without inductor's code generation (minutes on a 2-core CPU)."""
     network = nn.Sequential(nn.Conv2d(3, 96, 3), nn.ReLU(), LocalResponseNorm(**PAPER, groups=2))
-    compiled = torch.compile(network, backend="eager", fullgraph=True)
+    compiled = torch.compile(network, backend="aot_eager", fullgraph=True)
     x = torch.randn(2, 3, 9, 9) * 30
     grad = torch.randn(2, 96, 7, 7)
     expected = value_and_gradient(network, x, grad)
@@ -142,7 +142,7 @@ def test_on_cuda_a_network_compiled_by_inductor_matches_eager_in_bfloat16():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_on_cuda_eager_runs_one_compiled_kernel_each_way():
+def test_on_cuda_eager_runs_a_compiled_kernel_or_two_each_way():
     from torch.profiler import ProfilerActivity, profile
 
     layer = LocalResponseNorm(**PAPER, groups=2)
@@ -166,5 +166,25 @@ def test_on_cuda_eager_runs_one_compiled_kernel_each_way():
             e.name for e in prof.events() if e.device_type.name == "CUDA" and "triton" in e.name
         ]
 
-    assert len(kernels(forward)) == 1, kernels(forward)
-    assert len(kernels(backward)) == 1, kernels(backward)
+    # Training's forward writes y and d (for the backward): inductor may give each its kernel.
+    assert 1 <= len(kernels(forward)) <= 2, kernels(forward)
+    assert 1 <= len(kernels(backward)) <= 2, kernels(backward)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_on_cuda_eager_serves_every_shape_layout_and_dtype_without_a_recompile_error():
+    # An eager network on a GPU calls the compiled kernels with both layers' shapes, training and
+    # validation batch sizes, float32 and bf16, with and without gradients.
+    layer = LocalResponseNorm(**PAPER, groups=2)
+    reference = nn.LocalResponseNorm(**PAPER)
+    for batch in (1, 3, 8, 13, 32):
+        for channels, side in ((96, 27), (256, 13)):
+            for layout in (torch.contiguous_format, torch.channels_last):
+                for dtype in (torch.float32, torch.bfloat16):
+                    x = relu_activations((batch, channels, side, side), "cuda", layout).to(dtype)
+                    x.requires_grad_(batch % 2 == 1)
+                    y = layer(x)
+                    if x.requires_grad:
+                        y.sum().backward()
+                    halves = [reference(h.float()) for h in x.detach().chunk(2, dim=1)]
+                    assert_close_relative(y.float(), torch.cat(halves, 1), rtol=1e-2)
