@@ -31,6 +31,9 @@ class AlexNet(nn.Module):
     two-GPU connectivity: conv2, conv4 and conv5 see only their own tower's half of the previous
     layer, while conv3 and the fully connected layers see both (60,965,224 parameters), and the
     response normalisations after conv1 and conv2 work within each tower's half.
+
+    fc_width is the number of units of fc6 and fc7 (the paper's 4096, 94% of the parameters);
+    fewer make a network for ablations and for tests that need a whole run, not its size.
     """
 
     def __init__(
@@ -39,6 +42,7 @@ class AlexNet(nn.Module):
         groups: int = 1,
         dropout: float = 0.5,
         init: Init = "paper",
+        fc_width: int = 4096,
     ) -> None:
         super().__init__()
         if groups not in (1, 2):
@@ -48,6 +52,8 @@ class AlexNet(nn.Module):
             )
         if num_classes < 1:
             raise ValueError(f"model.num_classes={num_classes} must be at least 1")
+        if fc_width < 1:
+            raise ValueError(f"model.fc_width={fc_width} must be at least 1 (the paper: 4096)")
         self.features = nn.Sequential(
             nn.Conv2d(3, 96, kernel_size=11, stride=4),
             nn.ReLU(inplace=True),
@@ -71,13 +77,13 @@ class AlexNet(nn.Module):
         # bvlc_alexnet: fc6, relu6, drop6, fc7, relu7, drop7, fc8). torchvision drops out their
         # inputs instead (before fc6 and fc7), which also masks the 9216 conv features.
         self.classifier = nn.Sequential(
-            nn.Linear(256 * 6 * 6, 4096),  # fc6
+            nn.Linear(256 * 6 * 6, fc_width),  # fc6
             nn.ReLU(inplace=True),
             nn.Dropout(p=dropout),
-            nn.Linear(4096, 4096),  # fc7
+            nn.Linear(fc_width, fc_width),  # fc7
             nn.ReLU(inplace=True),
             nn.Dropout(p=dropout),
-            nn.Linear(4096, num_classes),  # fc8
+            nn.Linear(fc_width, num_classes),  # fc8
         )
         if init == "paper":
             self.init_like_paper()

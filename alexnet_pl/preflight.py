@@ -10,7 +10,9 @@ from alexnet_pl.checkpoint import CURRENT_FORMAT, checkpoint_format, read_checkp
 from alexnet_pl.data.datamodule import per_device_batch_size
 
 # Model settings that change the shapes of the weights: a checkpoint only loads into the same.
-SHAPE_SETTINGS = ("num_classes", "groups")
+SHAPE_SETTINGS = ("num_classes", "groups", "fc_width")
+# What a checkpoint written before a setting existed was trained with.
+SHAPE_DEFAULTS = {"fc_width": 4096}
 
 
 def check_learning_rate(optimizer: DictConfig) -> None:
@@ -82,6 +84,7 @@ def check_checkpoint_fits_model(ckpt_path: str, model: DictConfig) -> None:
             "resume from that run's checkpoints/last.ckpt (ckpt_path=<run folder>), or use this "
             "one with evaluate, predict or export"
         )
+    saved = {**SHAPE_DEFAULTS, **saved}
     differences = [key for key in SHAPE_SETTINGS if saved.get(key) != model.get(key)]
     if differences:
         raise ValueError(

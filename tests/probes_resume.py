@@ -1,5 +1,5 @@
 """Callbacks that tests/test_exact_resume.py adds to real CLI runs
-(`+callbacks.<name>._target_=tests.probes_resume.<Class>`): interruptions that land at a chosen
+(`+callbacks.<name>._target_=tests.probes_resume.<Class>`): a SIGTERM that lands at a chosen
 batch, and a record of the learning rate every batch trained with."""
 
 import json
@@ -27,22 +27,6 @@ class SigtermAt(pl.Callback):
     ) -> None:
         if at(trainer, idx, self.epoch, self.batch):
             os.kill(os.getpid(), signal.SIGTERM)
-
-
-class SaveThenKillAt(pl.Callback):
-    """At the end of batch `batch` of epoch `epoch`, every rank writes `path` (trainer.
-    save_checkpoint, as CheckpointOnSigterm and SLURM's requeue do) and then kills itself with
-    SIGKILL: a mid-epoch checkpoint under DDP without depending on how SIGTERM reaches the ranks."""
-
-    def __init__(self, epoch: int, batch: int, path: str) -> None:
-        self.epoch, self.batch, self.path = epoch, batch, path
-
-    def on_train_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, idx: int
-    ) -> None:
-        if at(trainer, idx, self.epoch, self.batch):
-            trainer.save_checkpoint(self.path)  # all ranks; it ends in a barrier after rank 0 wrote
-            os.kill(os.getpid(), signal.SIGKILL)
 
 
 class LearningRateRecorder(pl.Callback):

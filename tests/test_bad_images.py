@@ -2,8 +2,6 @@
 
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +11,7 @@ from PIL import Image
 from alexnet_pl.data.bad_images import BadImage
 from alexnet_pl.data.image_folder import ImageFolderDataset, collate_skipping_bad
 from alexnet_pl.data.transforms import ResizeCenterCrop
-from tests.conftest import SMALL_RUN, run_train_cli
+from tests.conftest import SMALL_RUN
 
 BROKEN = {"truncated.JPEG", "zero_bytes.JPEG", "broken_link.JPEG"}
 ODD_BUT_FINE = {"png_inside.JPEG", "cmyk.JPEG", "grey.JPEG", "tiny.JPEG"}
@@ -61,9 +59,12 @@ def test_batches_drop_bad_images_and_carry_them_along():
 
 
 @pytest.mark.slow
-def test_training_skips_broken_files_in_a_worker_and_reports_each_once(messy_root, tmp_path):
+def test_training_skips_broken_files_in_a_worker_and_reports_each_once(
+    messy_root, tmp_path, run_in_process
+):
+    # The worker is a real process, forked from the one that runs the command (here, pytest's).
     run_dir = tmp_path / "run"
-    result = run_train_cli(
+    result = run_in_process(
         *SMALL_RUN,
         "model.num_classes=11",  # the ten shapes and the empty class
         f"data.root={messy_root}",
@@ -82,8 +83,10 @@ def test_training_skips_broken_files_in_a_worker_and_reports_each_once(messy_roo
     assert "1 class folders hold no images: ['zz_empty_class']" in log
 
 
-def test_strict_mode_stops_at_the_first_broken_file_with_its_path(messy_root, tmp_path):
-    result = run_train_cli(
+def test_strict_mode_stops_at_the_first_broken_file_with_its_path(
+    messy_root, tmp_path, run_in_process
+):
+    result = run_in_process(
         *SMALL_RUN,
         "model.num_classes=11",
         f"data.root={messy_root}",
@@ -99,21 +102,24 @@ def test_strict_mode_stops_at_the_first_broken_file_with_its_path(messy_root, tm
     assert any(f"star/{name}" in result.stderr for name in BROKEN)
 
 
-def run_scan(root: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "alexnet_pl.scan", str(root), "--workers", "2", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+@pytest.fixture
+def run_scan(run_in_process):
+    """`python -m alexnet_pl.scan <root> --workers 2 ...` in the test process: its two decoding
+    processes are real, forked from this one."""
+
+    def run(root: Path, *args: str, cwd: Path):
+        return run_in_process(str(root), "--workers", "2", *args, cwd=cwd, module="alexnet_pl.scan")
+
+    return run
 
 
 def files_under(root: Path) -> set[Path]:
     return {path for path in root.rglob("*") if not path.is_dir() or path.is_symlink()}
 
 
-def test_scan_lists_every_broken_file_and_reports_outside_a_read_only_dataset(messy_root, tmp_path):
+def test_scan_lists_every_broken_file_and_reports_outside_a_read_only_dataset(
+    messy_root, tmp_path, run_scan
+):
     """A shared ImageNet is read-only: the report goes to the current folder. (As root, chmod does
     not stop writes, so the test also checks that nothing appeared in the data.)"""
     before = files_under(messy_root)
@@ -135,7 +141,9 @@ def test_scan_lists_every_broken_file_and_reports_outside_a_read_only_dataset(me
     assert "cannot be decoded (listed above and in bad_files.tsv)" in result.stderr
 
 
-def test_scan_keeps_the_printed_list_when_the_report_cannot_be_written(messy_root, tmp_path):
+def test_scan_keeps_the_printed_list_when_the_report_cannot_be_written(
+    messy_root, tmp_path, run_scan
+):
     (tmp_path / "a_file").write_text("")  # a report "inside" a file fails for root too
     unwritable = tmp_path / "a_file" / "bad.tsv"
     result = run_scan(messy_root, "--report", str(unwritable), cwd=tmp_path)

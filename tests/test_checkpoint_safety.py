@@ -67,51 +67,52 @@ def test_the_trap_does_run_code_when_unpickled_without_weights_only(trap):
 
 
 @pytest.fixture(scope="module")
-def refusals(trap, image_root, tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
-    """Every command that opens a checkpoint, given the trap, all run at once (they only start up
-    and stop). The last one is Lightning's own load: a requeued SLURM job resumes from the
-    hpc_ckpt_*.ckpt in its run folder by itself, without our preflight; the environment asks torch
-    to default to weights_only=False, so only train.py's explicit weights_only=True stops it."""
-    path, target = trap
-    work = tmp_path_factory.mktemp("refusals")
+def requeued_on_slurm(trap, image_root, tmp_path_factory) -> subprocess.CompletedProcess:
+    """Lightning's own load, in a real process with SLURM's environment: a requeued SLURM job
+    resumes from the hpc_ckpt_*.ckpt in its run folder by itself, without our preflight; the
+    environment asks torch to default to weights_only=False, so only train.py's explicit
+    weights_only=True stops it."""
+    path, _ = trap
+    work = tmp_path_factory.mktemp("requeued")
     requeued_run = work / "slurm_run"
     requeued_run.mkdir()
     shutil.copy(path, requeued_run / "hpc_ckpt_1.ckpt")
-    python = [sys.executable, "-m"]
-    train = [*python, "alexnet_pl.train", *SMALL_RUN, f"data.root={image_root}"]
-    commands = {
-        "evaluate": [*python, "alexnet_pl.evaluate", f"ckpt_path={path}", f"hydra.run.dir={work}"],
-        "predict": [*python, "alexnet_pl.predict", str(path), str(image_root)],
-        "export": [*python, "alexnet_pl.export", str(path), "--output", str(work / "x.onnx")],
-        "train": [*train, f"ckpt_path={path}", f"hydra.run.dir={work / 'run'}"],
-        "train_requeued_on_slurm": [*train, f"hydra.run.dir={requeued_run}"],
-    }
     slurm = {**slurm_environment(work), "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}
     slurm["PYTHONPATH"] = cli_environment()["PYTHONPATH"]
-    running = {
-        name: subprocess.Popen(
-            command,
-            cwd=work,
-            env=slurm if name == "train_requeued_on_slurm" else cli_environment(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for name, command in commands.items()
-    }
-    results = {}
-    for name, process in running.items():
-        stdout, stderr = process.communicate(timeout=300)
-        results[name] = subprocess.CompletedProcess(
-            process.args, process.returncode, stdout, stderr
-        )
-    return results
+    command = [sys.executable, "-m", "alexnet_pl.train", *SMALL_RUN, f"data.root={image_root}"]
+    return subprocess.run(
+        [*command, f"hydra.run.dir={requeued_run}"],
+        cwd=work,
+        env=slurm,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def command_line(command: str, path: Path, image_root: Path, work: Path) -> tuple[str, list[str]]:
+    """The module and arguments of each command that opens a checkpoint, given `path`."""
+    return {
+        "evaluate": ("evaluate", [f"ckpt_path={path}", f"hydra.run.dir={work}"]),
+        "predict": ("predict", [str(path), str(image_root)]),
+        "export": ("export", [str(path), "--output", str(work / "x.onnx")]),
+        "train": (
+            "train",
+            [*SMALL_RUN, f"data.root={image_root}", f"ckpt_path={path}", f"hydra.run.dir={work}"],
+        ),
+    }[command]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
-def test_a_checkpoint_that_would_run_code_is_refused_naming_the_file(trap, refusals, command):
+def test_a_checkpoint_that_would_run_code_is_refused_naming_the_file(
+    trap, image_root, tmp_path, run_in_process, request, command
+):
     path, target = trap
-    result = refusals[command]
+    if command == "train_requeued_on_slurm":
+        result = request.getfixturevalue("requeued_on_slurm")
+    else:  # they only start up and stop: the command's own entry point in this process
+        module, arguments = command_line(command, path, image_root, tmp_path)
+        result = run_in_process(*arguments, cwd=tmp_path, module=f"alexnet_pl.{module}")
     output = result.stdout + result.stderr
     assert result.returncode != 0, output[-3000:]
     assert not target.exists()  # the object was never built

@@ -14,6 +14,7 @@ from alexnet_pl.evaluate import ShardSampler, format_weakest, per_class_rows
 
 
 def run_evaluate(*overrides: str, cwd: Path) -> subprocess.CompletedProcess:
+    """The command in a subprocess: for DDP, whose launcher runs the command again per rank."""
     return subprocess.run(
         [sys.executable, "-m", "alexnet_pl.evaluate", "data.num_workers=0", *overrides],
         cwd=cwd,
@@ -21,6 +22,18 @@ def run_evaluate(*overrides: str, cwd: Path) -> subprocess.CompletedProcess:
         text=True,
         timeout=300,
     )
+
+
+@pytest.fixture
+def evaluate_in_process(run_in_process):
+    """The same command in the test process (conftest.run_in_process): one process, no imports."""
+
+    def run(*overrides: str, cwd: Path):
+        return run_in_process(
+            "data.num_workers=0", *overrides, cwd=cwd, module="alexnet_pl.evaluate"
+        )
+
+    return run
 
 
 def read_per_class(path: Path) -> list[dict]:
@@ -42,8 +55,10 @@ def test_shards_cover_every_image_exactly_once():
 
 
 @pytest.mark.slow
-def test_centre_crop_matches_what_training_logged_and_ten_crop_is_reported(trained_run, tmp_path):
-    result = run_evaluate(
+def test_centre_crop_matches_what_training_logged_and_ten_crop_is_reported(
+    trained_run, tmp_path, evaluate_in_process
+):
+    result = evaluate_in_process(
         f"ckpt_path={trained_run / 'checkpoints' / 'last.ckpt'}",
         f"hydra.run.dir={tmp_path}",
         cwd=tmp_path,
@@ -112,11 +127,11 @@ def test_two_processes_count_every_image_once_and_skip_broken_ones(
 
 
 def test_validation_classes_that_differ_from_the_checkpoint_are_named(
-    trained_run, larger_image_root, tmp_path
+    trained_run, larger_image_root, tmp_path, evaluate_in_process
 ):
     root = Path(shutil.copytree(larger_image_root, tmp_path / "data"))
     (root / "val" / "star").rename(root / "val" / "moon")
-    result = run_evaluate(
+    result = evaluate_in_process(
         f"ckpt_path={trained_run / 'checkpoints' / 'last.ckpt'}",
         f"data.root={root}",
         f"hydra.run.dir={tmp_path / 'eval'}",
@@ -127,13 +142,15 @@ def test_validation_classes_that_differ_from_the_checkpoint_are_named(
 
 
 @pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", None])
-def test_a_file_that_is_not_a_training_checkpoint_is_named(tmp_path, content):
+def test_a_file_that_is_not_a_training_checkpoint_is_named(tmp_path, evaluate_in_process, content):
     bad = tmp_path / "model.ckpt"
     if content is None:
         torch.save({"state_dict": {}}, bad)  # a torch file, but not one of ours
     else:
         bad.write_bytes(content)
-    result = run_evaluate(f"ckpt_path={bad}", f"hydra.run.dir={tmp_path / 'eval'}", cwd=tmp_path)
+    result = evaluate_in_process(
+        f"ckpt_path={bad}", f"hydra.run.dir={tmp_path / 'eval'}", cwd=tmp_path
+    )
     assert result.returncode != 0
     assert f"checkpoint {bad}" in result.stderr
 

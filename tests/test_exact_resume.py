@@ -11,16 +11,17 @@ this project writes one (mid-epoch, at the end of the epoch's last batch, at the
 validation, at the epoch's end), then a new Trainer resumed from it, against the same run
 uninterrupted.
 
-Through the real CLI, with AlexNet and the paper's recipe, for two epochs: a run of one epoch (its
-last.ckpt is written at the end of the epoch's validation, before Lightning's plateau step),
-resumed and stopped by a real SIGTERM in epoch 1 (last.ckpt written mid-epoch), resumed again to
-the end. Under DDP (two CPU processes, gloo) every rank writes a checkpoint after batch 1 of
-epoch 1 and kills itself; the resumed run must give each optimizer step the images that step had
-on one process.
+Through the real CLI (run in this process, as run_in_process does: the command line, Hydra, the
+exit status and the signal are those of `python -m alexnet_pl.train`), with AlexNet and the
+paper's recipe, for two epochs: a run of one epoch (its last.ckpt is written at the end of the
+epoch's validation, before Lightning's plateau step), resumed and stopped by a real SIGTERM in
+epoch 1 (last.ckpt written mid-epoch), resumed again to the end. The same under DDP (two
+processes, a SIGTERM to the whole process group): test_launchers.py.
 """
 
 import json
 import math
+import signal
 from pathlib import Path
 
 import pytest
@@ -31,7 +32,7 @@ from torch import nn
 from alexnet_pl.data.datamodule import ImageFolderDataModule
 from alexnet_pl.data.transforms import ResizeCenterCrop, ResizeRandomCropFlip, ToNormalizedFloat
 from alexnet_pl.exact_resume import PlateauStepInCheckpoint
-from tests.conftest import SMALL_RUN, run_train_cli
+from tests.conftest import SMALL_RUN, run_module_in_process
 from tests.probes import BatchRecorder, read_records, recorder_overrides
 from tests.probes_resume import LearningRateRecorder, read_learning_rates
 
@@ -193,7 +194,7 @@ def test_with_gpu_decoding_a_resume_continues_with_the_images_it_stopped_at(
     assert read_records(records)[0] == read_records(tiny_uninterrupted)[0]
 
 
-# ---- Through the CLI: AlexNet, the paper's recipe, a real SIGTERM, two-process DDP -----------
+# ---- Through the CLI: AlexNet, the paper's recipe, a real SIGTERM ----------------------------
 
 PLATEAU_EVERY_EPOCH = [
     "experiment=paper",
@@ -205,10 +206,13 @@ NO_CHECKPOINTS = ["~callbacks.best_checkpoint", "~callbacks.last_checkpoint"]
 CLI_EPOCHS = 2  # the second is resumed mid-epoch: its plateau step shows in the final state
 
 
-def run(root: Path, folder: Path, *overrides: str):
-    """One training run of the scenario; its batches and learning rates go to folder.parent."""
+def run(root: Path, folder: Path, *overrides: str) -> int:
+    """One training run of the scenario, in this process; its batches and learning rates go to
+    folder.parent. Returns the exit status. The run must hand the test process its SIGTERM
+    handling back (Lightning restores the handlers it found), or a later SIGTERM would be lost."""
     records = folder.parent / "records"
-    return run_train_cli(
+    sigterm_handler = signal.getsignal(signal.SIGTERM)
+    arguments = [
         *SMALL_RUN,
         "model.num_classes=4",
         "data.batch_size=10",
@@ -220,12 +224,15 @@ def run(root: Path, folder: Path, *overrides: str):
         f"+callbacks.learning_rates.path={records}",
         f"hydra.run.dir={folder}",
         *overrides,
-        cwd=folder.parent,
-    )
+    ]
+    with pytest.MonkeyPatch.context() as patch:
+        status = run_module_in_process("alexnet_pl.train", arguments, folder.parent, patch)
+    assert signal.getsignal(signal.SIGTERM) == sigterm_handler
+    return status
 
 
-def succeeded(result) -> None:
-    assert result.returncode == 0, result.stderr[-4000:]
+def succeeded(status: int) -> None:
+    assert status == 0, "the run failed: its output is in the captured output above"
 
 
 @pytest.fixture(scope="module")
@@ -249,7 +256,7 @@ def interrupted(indexed_root, tmp_path_factory) -> Path:
         "+callbacks.sigterm.batch=1",
         "~callbacks.best_checkpoint",
     )
-    assert stopped.returncode == 143, stopped.stderr[-4000:]
+    assert stopped == 128 + signal.SIGTERM  # 143, as a process killed by it
     # A worker process here: with workers, Lightning starts the loader before it sets the epoch.
     finished = run(
         indexed_root,
@@ -307,49 +314,3 @@ def test_the_plateau_scheduler_resumes_with_the_learning_rates_of_the_uninterrup
     final = json.loads((interrupted / "records" / "scheduler_rank0.json").read_text())
     assert final == json.loads((uninterrupted / "scheduler_rank0.json").read_text())
     assert final["last_epoch"] == CLI_EPOCHS and math.isclose(final["_last_lr"][0], 1e-3)
-
-
-@pytest.fixture(scope="module")
-def ddp_interrupted(indexed_root, tmp_path_factory) -> Path:
-    base = tmp_path_factory.mktemp("ddp")
-    ddp = ["trainer.devices=2", "trainer.strategy=ddp", f"trainer.max_epochs={CLI_EPOCHS}"]
-    killed = run(
-        indexed_root,
-        base / "killed",
-        *ddp,
-        "+callbacks.kill._target_=tests.probes_resume.SaveThenKillAt",
-        "+callbacks.kill.epoch=1",
-        "+callbacks.kill.batch=1",
-        f"+callbacks.kill.path={base / 'mid_epoch.ckpt'}",
-        *NO_CHECKPOINTS,
-    )
-    assert killed.returncode == -9, killed.stderr[-4000:]
-    resumed = run(
-        indexed_root,
-        base / "resumed",
-        *ddp,
-        f"ckpt_path={base / 'mid_epoch.ckpt'}",
-        *NO_CHECKPOINTS,
-    )
-    succeeded(resumed)
-    return base / "records"
-
-
-@pytest.mark.slow
-def test_two_processes_resumed_mid_epoch_give_every_step_the_images_of_one_process(
-    uninterrupted, ddp_interrupted
-):
-    # With a global batch of 10, step j of an epoch trains on the same 10 images whether one
-    # process takes them or two take 5 each: so the single-process run is the reference.
-    one_process = read_records(uninterrupted)[0]
-    ranks = read_records(ddp_interrupted)
-    assert [len(ranks[rank]) for rank in (0, 1)] == [len(one_process)] * 2  # no batch twice
-    for epoch in range(CLI_EPOCHS):
-        images = [
-            i for rank in (0, 1) for r in ranks[rank] if r["epoch"] == epoch for i in r["indices"]
-        ]
-        assert sorted(images) == list(range(IMAGES))  # each image once per epoch, none twice
-    for step, first, second in zip(one_process, ranks[0], ranks[1], strict=True):
-        assert (first["epoch"], first["batch_idx"]) == (step["epoch"], step["batch_idx"])
-        assert not set(first["indices"]) & set(second["indices"])  # the ranks' shares are disjoint
-        assert sorted(first["indices"] + second["indices"]) == sorted(step["indices"])

@@ -1,8 +1,6 @@
 """`python -m alexnet_pl.export`: ONNX and torch.export files give the same logits as PyTorch."""
 
 import json
-import subprocess
-import sys
 
 import onnx
 import onnxruntime
@@ -13,27 +11,24 @@ from alexnet_pl.checkpoint import load_trained_model
 from alexnet_pl.export import METADATA_KEY
 
 
-def export(checkpoint, fmt: str, output) -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "alexnet_pl.export",
-            str(checkpoint),
-            "--format",
-            fmt,
-            "--output",
-            str(output),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
+@pytest.fixture
+def export(run_in_process, tmp_path):
+    """`python -m alexnet_pl.export <checkpoint> --format <fmt> --output <output>`, in the test
+    process (conftest.run_in_process): the command line as a user types it, without the imports."""
+
+    def run(checkpoint, fmt: str, output) -> None:
+        arguments = (str(checkpoint), "--format", fmt, "--output", str(output))
+        result = run_in_process(*arguments, cwd=tmp_path, module="alexnet_pl.export")
+        assert result.returncode == 0, result.stderr[-4000:]
+        assert result.stdout.splitlines()[-1] == str(output)  # it names the file it wrote
+
+    return run
 
 
 @pytest.mark.slow
-def test_onnx_export_gives_the_same_logits_and_records_the_preprocessing(trained_run, tmp_path):
+def test_onnx_export_gives_the_same_logits_and_records_the_preprocessing(
+    trained_run, tmp_path, export
+):
     checkpoint = trained_run / "checkpoints" / "last.ckpt"
     export(checkpoint, "onnx", tmp_path / "alexnet.onnx")
     model = load_trained_model(checkpoint)
@@ -54,7 +49,7 @@ def test_onnx_export_gives_the_same_logits_and_records_the_preprocessing(trained
 
 
 @pytest.mark.slow
-def test_torch_export_program_gives_the_same_logits(trained_run, tmp_path):
+def test_torch_export_program_gives_the_same_logits(trained_run, tmp_path, export):
     checkpoint = trained_run / "checkpoints" / "last.ckpt"
     export(checkpoint, "pt2", tmp_path / "alexnet.pt2")
     model = load_trained_model(checkpoint)

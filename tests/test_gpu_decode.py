@@ -1,5 +1,6 @@
 """data.decode=gpu: the batched crops against the per-image CPU views, the thread that decodes
-ahead (order, errors, shutdown), a real DDP run, and on a CUDA machine nvjpeg against the CPU.
+ahead (order, errors, shutdown), and on a CUDA machine nvjpeg against the CPU. A real DDP run with
+it (each rank its own share, the run ends on its own): test_launchers.py's torchrun run.
 
 The CUDA tests need no Hydra (nor conftest.py): on a machine without it,
     python -m pytest --noconftest tests/test_gpu_decode.py -k cuda
@@ -28,7 +29,6 @@ from alexnet_pl.data.transforms import (
     ToNormalizedFloat,
     resize_shorter_side,
 )
-from tests.probes import read_records, recorder_overrides
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 # (width, height): ImageNet's common shapes, portrait, a prepared copy's (shorter side already
@@ -193,40 +193,6 @@ def test_an_unfinished_pass_stops_when_the_next_begins_or_lightning_resets_the_l
     del fourth  # dropped unfinished, with its loader: freed at once (no reference cycle)
     thread.join(timeout=5)
     assert not thread.is_alive()
-
-
-@pytest.mark.slow
-def test_gpu_decoding_under_ddp_gives_each_rank_its_own_share_and_ends_cleanly(
-    indexed_root, tmp_path
-):
-    """Two CPU processes under Lightning's DDP launcher, each decoding ahead in its own thread:
-    every training image once per epoch, each on one rank; the run ends on its own."""
-    from tests.conftest import SMALL_RUN, run_train_cli  # Hydra: here, not for the CUDA tests
-
-    records = tmp_path / "records"
-    result = run_train_cli(
-        *SMALL_RUN,
-        "model.num_classes=4",
-        f"data.root={indexed_root}",
-        "data.decode=gpu",
-        "data.num_workers=1",
-        "trainer.devices=2",
-        "trainer.strategy=ddp",
-        "trainer.max_epochs=1",
-        "~callbacks.best_checkpoint",
-        "~callbacks.last_checkpoint",
-        *recorder_overrides(records),
-        f"hydra.run.dir={tmp_path / 'run'}",
-        cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    seen = {
-        rank: [i for r in rows for i in r["indices"]]
-        for rank, rows in read_records(records).items()
-    }
-    assert set(seen) == {0, 1}
-    assert not set(seen[0]) & set(seen[1])
-    assert sorted(seen[0] + seen[1]) == list(range(40))  # indexed_root's 40 training images
 
 
 def photo_jpegs(root: Path, sizes: list[tuple[int, int]]) -> Path:

@@ -1,7 +1,10 @@
 """The same results under every launcher: torchrun and Lightning's own DDP launcher with two CPU
-processes (gloo), real signals sent to the whole process group, real DataLoader workers.
+processes (gloo), real signals sent to the whole process group, real DataLoader workers, each
+decoder (torchrun: data.decode=gpu, which decodes ahead in a thread, on the CPU here; Lightning's
+launcher: data.decode=cpu in worker processes).
 
-What each rank did is read back from probe callbacks (tests/probes.py, tests/probes_ranks.py)."""
+What each rank did is read back from probe callbacks (tests/probes.py, tests/probes_ranks.py) on
+conftest.indexed_root's colour-coded images."""
 
 import json
 import os
@@ -16,11 +19,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from alexnet_pl.data.sampling import ResumableShuffleSampler
 from tests.conftest import SMALL_RUN, cli_environment
 from tests.probes import read_records, recorder_overrides
 from tests.probes_ranks import read_json
 
 INDEXED = ["model.num_classes=4"]  # conftest.indexed_root: 4 classes, 40 training images
+IMAGES, PER_RANK = 40, 4  # SMALL_RUN's global batch of 8 over two processes
 NO_BEST = ["~callbacks.best_checkpoint"]
 TWO_PROCESSES = ["trainer.devices=2", "trainer.strategy=ddp"]  # Lightning launches rank 1
 
@@ -81,13 +86,16 @@ def wait_for(path: Path, process: subprocess.Popen, limit: float = 300) -> None:
         time.sleep(0.2)
 
 
-# torchrun, seed=null: one run for the seed, the data split and the ranks' random draws.
+# torchrun, seed=null: one run for the seed, the data split, the ranks' random draws and the
+# decoding thread of data.decode=gpu under DDP.
 
 
 @pytest.fixture(scope="module")
 def torchrun_run(indexed_root, tmp_path_factory) -> Path:
     """One epoch under torchrun (each rank started by torchrun itself, each composing the config
-    and drawing its own seed), with the run folder given to be the same for all."""
+    and drawing its own seed), with the run folder given to be the same for all. data.decode=gpu
+    with a loader worker: each rank decodes ahead in its own thread (on the CPU here), fed by its
+    worker process, and the run must still end on its own."""
     base = tmp_path_factory.mktemp("torchrun")
     command = [
         sys.executable,
@@ -103,6 +111,8 @@ def torchrun_run(indexed_root, tmp_path_factory) -> Path:
         "trainer=ddp",  # DDPStrategy with gradient bucket views and the bf16 gradient hook
         "trainer.devices=2",
         "trainer.max_epochs=1",
+        "data.decode=gpu",
+        "data.num_workers=1",
         *NO_BEST,
         *recorder_overrides(base / "records"),
         *probe("draws", "RandomDraws", path=base / "records"),
@@ -120,6 +130,7 @@ def torchrun_run(indexed_root, tmp_path_factory) -> Path:
 def test_torchrun_ranks_agree_on_a_drawn_seed_and_split_each_epoch_between_them(torchrun_run):
     assert "MEMBER: 2/2" in (torchrun_run / "output.txt").read_text()
     records = read_records(torchrun_run / "records")
+    assert set(records) == {0, 1}
     seen = {rank: [i for r in records[rank] for i in r["indices"]] for rank in (0, 1)}
     assert len(seen[0]) == len(seen[1]) == 20  # 40 images, 4 per process per step, 5 steps
     assert not set(seen[0]) & set(seen[1])  # one permutation, each rank its own stride
@@ -163,20 +174,23 @@ STEPS_PER_EPOCH = 5  # 40 images over 2 processes at 4 each: 5 steps, not the 10
 
 
 @pytest.fixture(scope="module")
-def preempted_then_diverged(larger_image_root, tmp_path_factory) -> Path:
+def preempted_then_diverged(indexed_root, tmp_path_factory) -> Path:
     """Two runs under Lightning's launcher (two CPU processes). The first, with two loader
     workers per rank, gets SIGTERM sent to its whole process group in mid-epoch 1, as SLURM sends
     it to every process of a job step. The second resumes it, finishes that epoch (writing
     last.ckpt) and in the next one rank 1's input turns NaN at batch 2, with the loss checked
-    every 2 batches (after batches 1, 3 and 4 of 5)."""
+    every 2 batches (after batches 1, 3 and 4 of 5). Every rank's batches are recorded, those of
+    each run in base/batches/<run>."""
     base = tmp_path_factory.mktemp("launcher")
     first, records = base / "outputs" / "preempted", base / "records"
     command = train_command(
-        f"data.root={larger_image_root}",
+        f"data.root={indexed_root}",
+        *INDEXED,
         *TWO_PROCESSES,
         "data.num_workers=2",
         "trainer.max_epochs=50",
         *NO_BEST,
+        *recorder_overrides(base / "batches" / "preempted"),
         *probe("mark", "MarkBatch", path=records, epoch=1, batch=1),
         *probe("exceptions", "ExceptionRecorder", path=records),
         f"hydra.run.dir={first}",
@@ -192,11 +206,14 @@ def preempted_then_diverged(larger_image_root, tmp_path_factory) -> Path:
     (records / "exception_rank0.json").rename(records / "preempted_rank0.json")
     (records / "exception_rank1.json").rename(records / "preempted_rank1.json")
     command = train_command(
-        f"data.root={larger_image_root}",
+        f"data.root={indexed_root}",
+        *INDEXED,
         *TWO_PROCESSES,
         f"trainer.max_epochs={saved_epoch + 3}",
         "trainer.log_every_n_steps=2",
         *NO_BEST,
+        # Before the NaN probe: callbacks run in the order given, so the batch is recorded first.
+        *recorder_overrides(base / "batches" / "resumed"),
         *probe("nan", "NanInputOnRank", rank=1, epoch=saved_epoch + 1, batch=2),
         *probe("exceptions", "ExceptionRecorder", path=records),
         f"ckpt_path={first}",
@@ -261,3 +278,65 @@ def test_a_nan_on_one_rank_stops_every_rank_promptly_at_the_same_batch(preempted
     assert (last["epoch"], last["global_step"]) == (epoch - 1, STEPS_PER_EPOCH * epoch)
     assert all(torch.isfinite(value).all() for value in last["state_dict"].values())
     assert (resumed / "train_ddp_process_1.log").is_file()
+
+
+def expected_batches(seed: int, rank: int, epoch: int, batches: range) -> list[dict]:
+    """What BatchRecorder must read on `rank` in those batches of `epoch`: the sampler's own
+    order for (seed, epoch, rank, world size 2), which test_sampling.py holds to be
+    DistributedSampler's and the same per step as one process's."""
+    share = ResumableShuffleSampler(IMAGES, seed, rank, world_size=2).epoch_indices(epoch)
+    return [
+        {
+            "epoch": epoch,
+            "batch_idx": batch,
+            "global_step": STEPS_PER_EPOCH * epoch + batch,
+            "indices": share[PER_RANK * batch : PER_RANK * (batch + 1)],
+        }
+        for batch in batches
+    ]
+
+
+@pytest.mark.slow
+def test_a_run_preempted_mid_epoch_resumes_with_every_step_the_images_of_one_process(
+    preempted_then_diverged,
+):
+    base = preempted_then_diverged
+    saved = torch.load(
+        base / "outputs" / "preempted" / "checkpoints" / "last.ckpt", weights_only=False
+    )
+    seed = saved["ImageFolderDataModule"]["shuffle_seed"]  # the order the resumed run must keep
+    assert seed == saved["config"]["seed"]
+    epoch = saved["epoch"]
+    done = saved["global_step"] - STEPS_PER_EPOCH * epoch  # batches of that epoch trained
+    assert 0 < done < STEPS_PER_EPOCH  # stopped mid-epoch
+
+    preempted = read_records(base / "batches" / "preempted")
+    resumed = read_records(base / "batches" / "resumed")
+    last_batch = 3  # the resumed run stops at the check after rank 1's NaN at batch 2
+    whole_epoch = range(STEPS_PER_EPOCH)
+    for rank in (0, 1):
+        before = [
+            *(b for e in range(epoch) for b in expected_batches(seed, rank, e, whole_epoch)),
+            *expected_batches(seed, rank, epoch, range(done)),
+        ]
+        assert preempted[rank] == before  # what the preempted run trained, nothing after it
+        after = [
+            *expected_batches(seed, rank, epoch, range(done, STEPS_PER_EPOCH)),  # no replay
+            *expected_batches(seed, rank, epoch + 1, range(last_batch + 1)),
+        ]
+        assert resumed[rank] == after
+
+    # The interrupted epoch over both runs and both ranks: each image once, and each optimizer
+    # step's images those of the same step on one process.
+    steps = [
+        [record for rank in (0, 1) for record in run[rank] if record["epoch"] == epoch]
+        for run in (preempted, resumed)
+    ]
+    seen = [i for run in steps for record in run for i in record["indices"]]
+    assert sorted(seen) == list(range(IMAGES))
+    one_process = ResumableShuffleSampler(IMAGES, seed).epoch_indices(epoch)
+    global_batch = 2 * PER_RANK
+    for batch in range(STEPS_PER_EPOCH):
+        step = [i for run in steps for r in run if r["batch_idx"] == batch for i in r["indices"]]
+        start = global_batch * batch
+        assert sorted(step) == sorted(one_process[start : start + global_batch])

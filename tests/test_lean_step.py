@@ -28,11 +28,12 @@ from alexnet_pl.module import AlexNetModule, batch_counts
 from alexnet_pl.train import train
 from tests.conftest import CONFIG_DIR, SMALL_RUN
 
-# larger_image_root has 40 training images: batches of 8 make 5 batches an epoch, two epochs 10.
+# image_root has 20 training images: batches of 4 make 5 batches an epoch, two epochs 10 (half
+# the images of 5 batches of 8: the cadence is in the batches, the time in the images).
 # With log_every_n_steps=3 the host looks after the 3rd, 6th and 9th batch of the run (Lightning's
 # logging cadence counts batches over the whole run, so the 6th is the first of epoch 1) and after
 # each epoch's last batch.
-BATCH, EPOCHS, EVERY = 8, 2, 3
+BATCH, EPOCHS, EVERY = 4, 2, 3
 CHECK_BATCHES = {(0, 2), (0, 4), (1, 0), (1, 3), (1, 4)}  # (epoch, batch index)
 # InputSamples copies the first batch's images to the host once per run, for TensorBoard.
 ONE_TIME_READS = {(0, 0)}
@@ -66,7 +67,7 @@ def caller(stack: traceback.StackSummary) -> str:
 
 
 @pytest.fixture(scope="module")
-def lean_run(larger_image_root: Path, tmp_path_factory) -> Iterator[dict]:
+def lean_run(image_root: Path, tmp_path_factory) -> Iterator[dict]:
     """One real run of the default config (default callbacks, progress bar, TensorBoard) for two
     short epochs, every host read noted by batch, and every batch's loss kept on the device."""
     output_dir = tmp_path_factory.mktemp("lean_run")
@@ -100,7 +101,7 @@ def lean_run(larger_image_root: Path, tmp_path_factory) -> Iterator[dict]:
             "train",
             overrides=[
                 *SMALL_RUN,
-                f"data.root={larger_image_root}",
+                f"data.root={image_root}",
                 f"data.batch_size={BATCH}",
                 f"trainer.max_epochs={EPOCHS}",
                 f"trainer.log_every_n_steps={EVERY}",
@@ -190,7 +191,7 @@ def test_batch_counts_agree_with_torchmetrics_and_the_mean_loss():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_no_cuda_synchronisation_between_check_batches(larger_image_root, compose_config):
+def test_no_cuda_synchronisation_between_check_batches(image_root, compose_config):
     """The same cadence on a GPU, seen by torch's detector of synchronising calls: eager (no
     compile, so it runs in seconds), pinned batches, the default callbacks and progress bar."""
     syncs: dict[tuple[int, int], list[str]] = defaultdict(list)
@@ -217,7 +218,7 @@ def test_no_cuda_synchronisation_between_check_batches(larger_image_root, compos
         "trainer.accelerator=cuda",
         "data.pin_memory=true",
         "+trainer.limit_val_batches=1",
-        f"data.root={larger_image_root}",
+        f"data.root={image_root}",
         f"data.batch_size={BATCH}",
         f"trainer.max_epochs={EPOCHS}",
         f"trainer.log_every_n_steps={EVERY}",

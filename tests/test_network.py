@@ -83,7 +83,11 @@ def test_pytorch_init_keeps_torch_defaults():
 
 @pytest.mark.parametrize(
     ("arguments", "message"),
-    [({"groups": 3}, "model.groups=3"), ({"init": "xavier"}, "model.init='xavier'")],
+    [
+        ({"groups": 3}, "model.groups=3"),
+        ({"init": "xavier"}, "model.init='xavier'"),
+        ({"fc_width": 0}, "model.fc_width=0 must be at least 1"),
+    ],
 )
 def test_unsupported_options_are_named_in_the_error(arguments, message):
     with pytest.raises(ValueError, match=message):
@@ -137,3 +141,11 @@ def test_two_towers_normalise_responses_within_each_half():
     torch.testing.assert_close(one_lrn, paper_lrn(responses))
     assert not torch.allclose(towers_lrn[:, 46:50], one_lrn[:, 46:50], rtol=1e-3)
     assert towers.features[6].groups == 2 and one.features[6].groups == 1  # the LRN after conv2
+
+
+def test_fc_width_sets_the_units_of_fc6_and_fc7_only():
+    network = AlexNet(num_classes=10, fc_width=256)
+    fc6, fc7, fc8 = (m for m in network.classifier if isinstance(m, nn.Linear))
+    assert (fc6.in_features, fc6.out_features) == (256 * 6 * 6, 256)
+    assert (fc7.in_features, fc7.out_features) == (256, 256)
+    assert (fc8.in_features, fc8.out_features) == (256, 10)

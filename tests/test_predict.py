@@ -1,8 +1,6 @@
 """`python -m alexnet_pl.predict`: top-5 names for images of any format; bad files named."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,14 +10,14 @@ from alexnet_pl.data.demo_data import SHAPES
 from alexnet_pl.predict import readable_class_names
 
 
-def run_predict(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "alexnet_pl.predict", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+@pytest.fixture
+def run_predict(run_in_process):
+    """The command, its arguments parsed from the command line, in the test process."""
+
+    def run(*args: str, cwd: Path):
+        return run_in_process(*args, cwd=cwd, module="alexnet_pl.predict")
+
+    return run
 
 
 @pytest.fixture
@@ -38,7 +36,9 @@ def odd_images(larger_image_root: Path, tmp_path: Path) -> Path:
     return folder
 
 
-def test_every_readable_image_gets_top5_names_and_bad_files_are_named(trained_run, odd_images):
+def test_every_readable_image_gets_top5_names_and_bad_files_are_named(
+    trained_run, odd_images, run_predict
+):
     result = run_predict(
         str(trained_run / "checkpoints" / "last.ckpt"), str(odd_images), "--json", cwd=odd_images
     )
@@ -54,7 +54,7 @@ def test_every_readable_image_gets_top5_names_and_bad_files_are_named(trained_ru
     assert "truncated.jpg" in result.stderr and "2 of 7 files could not be read" in result.stderr
 
 
-def test_table_output_lists_ranked_classes(trained_run, odd_images):
+def test_table_output_lists_ranked_classes(trained_run, odd_images, run_predict):
     result = run_predict(
         str(trained_run / "checkpoints" / "last.ckpt"), str(odd_images / "grey.jpg"), cwd=odd_images
     )

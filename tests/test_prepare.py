@@ -2,9 +2,6 @@
 
 import csv
 import io
-import os
-import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
@@ -275,15 +272,13 @@ def test_expect_complete_fails_on_a_small_dataset(tmp_path, capsys):
     assert "error: 6 train images, a complete ImageNet has 1,281,167" in err
 
 
-def test_command_line_extracts_classes_in_worker_processes(tmp_path):
+def test_command_line_extracts_classes_in_worker_processes(tmp_path, run_in_process):
+    # The command line in the test process; its two worker processes are real, forked from it.
     source, dest = make_official(tmp_path / "download"), tmp_path / "imagenet"
-    result = subprocess.run(
-        [sys.executable, "-m", "alexnet_pl.prepare", "imagenet"]
-        + ["--source", str(source), "--dest", str(dest), "--workers", "2"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    result = run_in_process(
+        *("imagenet", "--source", str(source), "--dest", str(dest), "--workers", "2"),
+        cwd=tmp_path,
+        module="alexnet_pl.prepare",
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("train [") == len(CLASSES)

@@ -3,8 +3,6 @@ that is the weights and the run's record only (a third of last.ckpt), usable by 
 and export but refused as a resume point."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -53,20 +51,13 @@ def test_best_checkpoint_holds_the_weights_and_the_record_but_no_optimizer(train
 
 
 @pytest.mark.slow
-def test_best_checkpoint_evaluates_to_what_training_logged(trained_run, tmp_path):
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "alexnet_pl.evaluate",
-            f"ckpt_path={best_checkpoint(trained_run)}",
-            "data.num_workers=0",
-            f"hydra.run.dir={tmp_path}",
-        ],
+def test_best_checkpoint_evaluates_to_what_training_logged(trained_run, tmp_path, run_in_process):
+    result = run_in_process(
+        f"ckpt_path={best_checkpoint(trained_run)}",
+        "data.num_workers=0",
+        f"hydra.run.dir={tmp_path}",
         cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
+        module="alexnet_pl.evaluate",
     )
     assert result.returncode == 0, result.stderr[-4000:]
     measured = json.loads((tmp_path / "metrics.json").read_text())["center_crop"]

@@ -1,14 +1,10 @@
-"""Faults injected for real: interrupted saves, NaN losses, batches without a decodable image,
-kill -9, bad configuration. SIGTERM and a NaN under DDP: test_launchers.py."""
+"""Faults injected for real: interrupted saves, NaN losses, batches without a decodable image, bad
+configuration. kill -9 mid-run and the resume after it: test_train_cli.py (it shares that file's
+chain of runs). SIGTERM and a NaN under DDP: test_launchers.py."""
 
-import json
 import math
-import os
 import shutil
 import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,7 +20,7 @@ from alexnet_pl.module import AlexNetModule
 from alexnet_pl.monitoring import InputSamples
 from alexnet_pl.safeguards import AtomicCheckpointIO, StopTogether
 from alexnet_pl.train import train
-from tests.conftest import SMALL_RUN, run_train_cli
+from tests.conftest import SMALL_RUN
 from tests.probes import read_records, recorder_overrides
 
 
@@ -194,65 +190,6 @@ def test_the_input_samples_view_waits_for_a_batch_with_images(tmp_path):
     assert samples.done
 
 
-def start_training(run_dir: Path, data_root: Path, cwd: Path, *extra: str) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if k != "PL_GLOBAL_SEED"}
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "alexnet_pl.train",
-            *SMALL_RUN,
-            f"data.root={data_root}",
-            f"hydra.run.dir={run_dir}",
-            *extra,
-        ],
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def wait_for_epoch(checkpoint: Path, epoch: int, process: subprocess.Popen, limit: float = 240):
-    """Polls until last.ckpt holds `epoch` (it is renamed into place, so always readable)."""
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline and process.poll() is None:
-        if checkpoint.exists() and torch.load(checkpoint, weights_only=False)["epoch"] >= epoch:
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"{checkpoint} never reached epoch {epoch}")
-
-
-@pytest.mark.slow
-def test_kill_9_mid_run_then_ckpt_path_last_continues_at_the_right_epoch(
-    larger_image_root, tmp_path
-):
-    run_dir = tmp_path / "outputs" / "killed"
-    process = start_training(run_dir, larger_image_root, tmp_path, "trainer.max_epochs=3")
-    wait_for_epoch(run_dir / "checkpoints" / "last.ckpt", 0, process)  # then in epoch 1
-    process.send_signal(signal.SIGKILL)
-    process.wait(timeout=30)
-    killed_at = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
-    assert killed_at["epoch"] >= 0  # whole, despite the kill
-
-    resumed = run_train_cli(
-        *SMALL_RUN,
-        f"data.root={larger_image_root}",
-        "trainer.max_epochs=3",
-        "ckpt_path=last",
-        f"hydra.run.dir={tmp_path / 'outputs' / 'resumed'}",
-        cwd=tmp_path,
-    )
-    assert resumed.returncode == 0, resumed.stderr[-4000:]
-    metrics = json.loads((tmp_path / "outputs" / "resumed" / "metrics.json").read_text())
-    assert metrics["epochs_trained"] == 3 and metrics["global_step"] == 3 * 5
-    final = torch.load(
-        tmp_path / "outputs" / "resumed" / "checkpoints" / "last.ckpt", weights_only=False
-    )
-    assert final["lr_schedulers"][0]["last_epoch"] == 3
-
-
 @pytest.mark.parametrize(
     ("override", "message"),
     [
@@ -264,9 +201,9 @@ def test_kill_9_mid_run_then_ckpt_path_last_continues_at_the_right_epoch(
     ],
 )
 def test_bad_configuration_is_rejected_with_the_value_and_the_fix(
-    image_root, tmp_path, override, message
+    image_root, tmp_path, run_in_process, override, message
 ):
-    result = run_train_cli(
+    result = run_in_process(
         *SMALL_RUN,
         f"data.root={image_root}",
         override,
@@ -278,8 +215,10 @@ def test_bad_configuration_is_rejected_with_the_value_and_the_fix(
     assert not (tmp_path / "run" / "checkpoints").exists()  # rejected before any work
 
 
-def test_a_checkpoint_of_another_model_shape_is_rejected(trained_run, image_root, tmp_path):
-    result = run_train_cli(
+def test_a_checkpoint_of_another_model_shape_is_rejected(
+    trained_run, image_root, tmp_path, run_in_process
+):
+    result = run_in_process(
         *SMALL_RUN,
         f"data.root={image_root}",
         "model.groups=2",

@@ -1,12 +1,13 @@
 """SLURM preemption the cluster way, simulated on one machine: SIGUSR1 to every process of the job
 step, DataLoader workers included -> Lightning writes an HPC checkpoint and calls `scontrol
 requeue` -> the job is killed -> the same command starts again (as the requeued job does) and
-resumes by itself."""
+resumes by itself. The first job is a real process group (the signal must reach every process of
+it); the requeued one runs the same command line in the test process (run_in_process), which
+saves a fresh interpreter's imports."""
 
 import json
 import os
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -47,19 +48,17 @@ def slurm_environment(tmp_path: Path) -> dict[str, str]:
 
 @pytest.mark.slow
 def test_sigusr1_to_the_job_step_checkpoints_requeues_and_the_requeued_job_resumes(
-    larger_image_root, tmp_path
+    larger_image_root, tmp_path, run_in_process
 ):
     run_dir = tmp_path / "outputs" / "slurm" / "4242"  # fixed per job id, as in the README
-    command = [
-        sys.executable,
-        "-m",
-        "alexnet_pl.train",
+    arguments = [
         *SMALL_RUN,
         f"data.root={larger_image_root}",
         "data.num_workers=2",  # SLURM signals the loader workers too
         "trainer.max_epochs=2",  # the signal comes in epoch 1, the requeued job finishes it
         f"hydra.run.dir={run_dir}",
     ]
+    command = [sys.executable, "-m", "alexnet_pl.train", *arguments]
     env = slurm_environment(tmp_path)
     with process_group(command, tmp_path, env) as job:
         wait_for(run_dir / "checkpoints" / "last.ckpt", job)  # the first epoch has ended
@@ -72,10 +71,10 @@ def test_sigusr1_to_the_job_step_checkpoints_requeues_and_the_requeued_job_resum
     hpc = torch.load(run_dir / "hpc_ckpt_1.ckpt", weights_only=False)
     assert hpc["global_step"] >= 5
 
-    requeued = subprocess.run(
-        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
-    )
+    sigusr1_handler = signal.getsignal(signal.SIGUSR1)
+    requeued = run_in_process(*arguments, cwd=tmp_path, env=env)  # SLURM's, the fake scontrol
     assert requeued.returncode == 0, requeued.stderr[-4000:]
+    assert signal.getsignal(signal.SIGUSR1) == sigusr1_handler  # Lightning gave it back
     assert f"Restored all states from the checkpoint at {run_dir / 'hpc_ckpt_1.ckpt'}" in (
         requeued.stdout + requeued.stderr
     )

@@ -1,8 +1,15 @@
-"""The real command, `python -m alexnet_pl.train ...`, in a subprocess on real JPEG folders."""
+"""The real command, `python -m alexnet_pl.train ...`, on real JPEG folders: in a subprocess as a
+user runs it, or through the same entry point in the test process (run_in_process) where a fresh
+interpreter would only add its imports."""
 
+import io
 import json
+import signal
 import subprocess
 import sys
+import time
+from contextlib import redirect_stderr, redirect_stdout
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -11,7 +18,7 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from alexnet_pl.data.demo_data import SHAPES
-from tests.conftest import SMALL_RUN, cli_environment, run_train_cli
+from tests.conftest import SMALL_RUN, cli_environment, run_module_in_process, run_train_cli
 
 
 def assert_succeeded(result) -> None:
@@ -53,8 +60,10 @@ def test_paper_recipe_runs_a_real_227_pixel_batch_with_two_towers(image_root, tm
     assert "groups: 2" in saved and "torch.optim.SGD" in saved and "crop: 227" in saved
 
 
-def test_missing_data_root_stops_with_the_expected_layout_and_the_demo_hint(tmp_path):
-    result = run_train_cli(
+def test_missing_data_root_stops_with_the_expected_layout_and_the_demo_hint(
+    tmp_path, run_in_process
+):
+    result = run_in_process(
         *SMALL_RUN,
         f"data.root={tmp_path / 'no-imagenet-here'}",
         f"hydra.run.dir={tmp_path / 'run'}",
@@ -65,14 +74,16 @@ def test_missing_data_root_stops_with_the_expected_layout_and_the_demo_hint(tmp_
     assert "experiment=demo" in result.stderr
 
 
-def test_unknown_config_key_is_hydras_own_error(tmp_path):
-    result = run_train_cli("optimizer.learning_rate=0.1", cwd=tmp_path)
+def test_unknown_config_key_is_hydras_own_error(tmp_path, run_in_process):
+    result = run_in_process("optimizer.learning_rate=0.1", cwd=tmp_path)
     assert result.returncode != 0
     assert "Could not override 'optimizer.learning_rate'" in result.stderr
 
 
-def test_num_classes_that_differs_from_the_folders_is_rejected(image_root, tmp_path):
-    result = run_train_cli(
+def test_num_classes_that_differs_from_the_folders_is_rejected(
+    image_root, tmp_path, run_in_process
+):
+    result = run_in_process(
         *SMALL_RUN,
         "model.num_classes=1000",
         f"data.root={image_root}",
@@ -84,8 +95,10 @@ def test_num_classes_that_differs_from_the_folders_is_rejected(image_root, tmp_p
     assert "model.num_classes=1000 but the data has 10 classes" in result.stderr
 
 
-def test_resume_from_a_checkpoint_that_does_not_exist_is_rejected(image_root, tmp_path):
-    result = run_train_cli(
+def test_resume_from_a_checkpoint_that_does_not_exist_is_rejected(
+    image_root, tmp_path, run_in_process
+):
+    result = run_in_process(
         *SMALL_RUN,
         f"data.root={image_root}",
         f"ckpt_path={tmp_path / 'missing.ckpt'}",
@@ -102,40 +115,110 @@ def read_scalars(tensorboard_dir: Path) -> set[str]:
     return set(events.Tags()["scalars"])
 
 
-@pytest.mark.slow
-def test_short_run_writes_metrics_and_checkpoints_then_resumes_at_the_next_epoch(
-    larger_image_root, tmp_path
-):
-    first = tmp_path / "first"
-    result = run_train_cli(
-        *SMALL_RUN,
-        f"data.root={larger_image_root}",
-        "trainer.max_epochs=2",
-        "seed=7",
-        f"hydra.run.dir={first}",
-        cwd=tmp_path,
-    )
-    assert_succeeded(result)
+STEPS_PER_EPOCH = 20 // 8  # image_root: 20 training images, batches of 8, the last one dropped
 
+
+@dataclass
+class ResumeChain:
+    """One short training and the runs that continue it, all from the same folder, whose outputs/
+    `ckpt_path=last` searches."""
+
+    first: Path  # 2 epochs from scratch (seed 7)
+    first_output: str  # what it printed
+    killed: Path  # resumed from first's last.ckpt in a subprocess, then kill -9 mid-run
+    killed_output: str  # what it printed before the kill
+    resumed: Path  # ckpt_path=last after the kill, up to the end of the epoch it was killed in
+    resumed_max_epochs: int
+
+
+def wait_for_epoch(checkpoint: Path, epoch: int, process: subprocess.Popen, limit: float = 240):
+    """Polls until last.ckpt holds `epoch` (it is renamed into place, so always readable)."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline and process.poll() is None:
+        if checkpoint.exists():
+            if torch.load(checkpoint, mmap=True, weights_only=False)["epoch"] >= epoch:
+                return
+        time.sleep(0.2)
+    raise AssertionError(f"{checkpoint} never reached epoch {epoch}")
+
+
+@pytest.fixture(scope="module")
+def resume_chain(image_root, tmp_path_factory) -> ResumeChain:
+    """Three runs that serve the short-run and the kill -9 tests, each resuming the one before."""
+    work = tmp_path_factory.mktemp("resume_chain")
+    outputs = work / "outputs"
+    data = [*SMALL_RUN, f"data.root={image_root}"]
+
+    # The first and the last run in this process (a fresh interpreter would only add its imports),
+    # what they print kept as a terminal would show it.
+    first, first_output = outputs / "first", io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, redirect_stdout(first_output):
+        with redirect_stderr(first_output):
+            arguments = [*data, "trainer.max_epochs=2", "seed=7", f"hydra.run.dir={first}"]
+            status = run_module_in_process("alexnet_pl.train", arguments, work, patch)
+    assert status == 0, first_output.getvalue()[-6000:]
+
+    # Resumed from first's last.ckpt with far more epochs than it trains before the kill, which
+    # comes once it has written an epoch of its own (its first: epoch 2), in the next one.
+    killed, killed_output = outputs / "killed", work / "killed_output.txt"
+    with killed_output.open("w") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "alexnet_pl.train", *data, "trainer.max_epochs=100"]
+            + [f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}"]
+            + [f"hydra.run.dir={killed}"],
+            cwd=work,
+            env=cli_environment(),
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            wait_for_epoch(killed / "checkpoints" / "last.ckpt", 2, process)
+            process.send_signal(signal.SIGKILL)
+        finally:
+            process.kill()  # a no-op after the kill; stops it if the wait failed
+            process.wait(timeout=30)
+    assert process.returncode == -signal.SIGKILL, killed_output.read_text()[-3000:]
+    killed_at = torch.load(killed / "checkpoints" / "last.ckpt", weights_only=False)["epoch"]
+
+    # Epochs 0..killed_at are in its last.ckpt; the resume trains the one it was killed in.
+    max_epochs = killed_at + 2
+    with pytest.MonkeyPatch.context() as patch:
+        resumed = outputs / "resumed"
+        again = [*data, "ckpt_path=last", f"trainer.max_epochs={max_epochs}"]
+        again.append(f"hydra.run.dir={resumed}")
+        assert run_module_in_process("alexnet_pl.train", again, work, patch) == 0
+    return ResumeChain(
+        first=first,
+        first_output=first_output.getvalue(),
+        killed=killed,
+        killed_output=killed_output.read_text(),
+        resumed=resumed,
+        resumed_max_epochs=max_epochs,
+    )
+
+
+@pytest.mark.slow
+def test_short_run_writes_metrics_and_checkpoints_then_resumes_at_the_next_epoch(resume_chain):
+    first = resume_chain.first
     metrics = json.loads((first / "metrics.json").read_text())
     for key in ("val/loss", "val/top1", "val/top5"):
         assert 0.0 <= metrics[key] <= (1.0 if key != "val/loss" else 100.0)
     assert metrics["epochs_trained"] == 2
-    assert metrics["global_step"] == 2 * (40 // 8)  # 40 train images, batch 8, two epochs
+    assert metrics["global_step"] == 2 * STEPS_PER_EPOCH
 
     last = first / "checkpoints" / "last.ckpt"
     best = list((first / "checkpoints").glob("best-epoch*-val_top1_*.ckpt"))
     assert last.is_file() and len(best) == 1
     assert Path(metrics["best_checkpoint"]) == best[0]
     checkpoint = torch.load(last, map_location="cpu", weights_only=False)
-    assert checkpoint["epoch"] == 1 and checkpoint["global_step"] == 10
+    assert checkpoint["epoch"] == 1 and checkpoint["global_step"] == 2 * STEPS_PER_EPOCH
     assert checkpoint["config"]["seed"] == 7
     assert checkpoint["config"]["model"]["num_classes"] == 10
     assert checkpoint["class_names"] == sorted(SHAPES)
     assert checkpoint["lr_schedulers"][0]["last_epoch"] == 2  # stepped once per finished epoch
     assert "state" in checkpoint["optimizer_states"][0]  # the state, not a pickled optimizer
 
-    assert "images/s=" in result.stdout + result.stderr  # the progress bar shows the speed
+    assert "images/s=" in resume_chain.first_output  # the progress bar shows the speed
     assert "finished:" in (first / "train.log").read_text()  # the closing summary
     assert f"best checkpoint    {best[0]}" in (first / "train.log").read_text()
 
@@ -143,45 +226,55 @@ def test_short_run_writes_metrics_and_checkpoints_then_resumes_at_the_next_epoch
     assert {"train/loss", "train/top1", "train/top5", "val/loss", "val/top1", "val/top5"} <= scalars
     assert "train/lr" in scalars
 
-    second = tmp_path / "second"
-    result = run_train_cli(
-        *SMALL_RUN,
-        f"data.root={larger_image_root}",
-        "trainer.max_epochs=3",
-        f"ckpt_path={last}",
-        f"hydra.run.dir={second}",
-        cwd=tmp_path,
-    )
-    assert_succeeded(result)
+    # The next run resumed from that last.ckpt (named as the file), and the one after it stopped
+    # at the trainer.max_epochs it was given: the whole count, not epochs on top of the resumed.
+    assert f"Restored all states from the checkpoint at {last}" in resume_chain.killed_output
     resumed = torch.load(
-        second / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False
+        resume_chain.resumed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False
     )
-    assert resumed["epoch"] == 2 and resumed["global_step"] == 15  # one more epoch, not three
-    assert resumed["lr_schedulers"][0]["last_epoch"] == 3
-    assert json.loads((second / "metrics.json").read_text())["epochs_trained"] == 3
+    epochs = resume_chain.resumed_max_epochs
+    assert resumed["epoch"] == epochs - 1 and resumed["global_step"] == epochs * STEPS_PER_EPOCH
+    assert resumed["lr_schedulers"][0]["last_epoch"] == epochs
+    assert json.loads((resume_chain.resumed / "metrics.json").read_text())["epochs_trained"] == (
+        epochs
+    )
+
+
+@pytest.mark.slow
+def test_kill_9_mid_run_then_ckpt_path_last_continues_at_the_right_epoch(resume_chain):
+    # Killed while training the epoch after the one its last.ckpt holds; the file is whole.
+    killed_at = torch.load(resume_chain.killed / "checkpoints" / "last.ckpt", weights_only=False)
+    assert killed_at["epoch"] >= 2
+    assert killed_at["global_step"] == STEPS_PER_EPOCH * (killed_at["epoch"] + 1)
+    assert killed_at["lr_schedulers"][0]["last_epoch"] == killed_at["epoch"] + 1
+
+    # ckpt_path=last found the killed run's last.ckpt (the newest) and went on from there: its
+    # first step is the one after the checkpoint's (a run started over would log from step 0).
+    events = EventAccumulator(str(resume_chain.resumed / "tensorboard"))
+    events.Reload()
+    logged = [event.step for event in events.Scalars("train/loss")]
+    assert logged and min(logged) >= killed_at["global_step"], logged
+    epochs = resume_chain.resumed_max_epochs
+    metrics = json.loads((resume_chain.resumed / "metrics.json").read_text())
+    assert metrics["epochs_trained"] == epochs
+    assert metrics["global_step"] == epochs * STEPS_PER_EPOCH
+    final = torch.load(resume_chain.resumed / "checkpoints" / "last.ckpt", weights_only=False)
+    assert final["lr_schedulers"][0]["last_epoch"] == epochs
 
 
 @pytest.mark.slow
 def test_unset_seed_is_drawn_and_recorded_and_an_exported_pl_global_seed_is_not_it(
-    image_root, tmp_path
+    image_root, tmp_path, run_in_process
 ):
     # A PL_GLOBAL_SEED left in the shell (Lightning sets it in every process it seeds) must not
     # fix the seed of a run that asks for a drawn one.
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "alexnet_pl.train",
-            *SMALL_RUN,
-            f"data.root={image_root}",
-            "trainer.max_epochs=1",
-            f"hydra.run.dir={tmp_path}",
-        ],
+    result = run_in_process(
+        *SMALL_RUN,
+        f"data.root={image_root}",
+        "trainer.max_epochs=1",
+        f"hydra.run.dir={tmp_path}",
         cwd=tmp_path,
-        env={**cli_environment(), "PL_GLOBAL_SEED": "1234"},
-        capture_output=True,
-        text=True,
-        timeout=300,
+        env={"PL_GLOBAL_SEED": "1234"},
     )
     assert_succeeded(result)
     seed = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["config"]["seed"]
@@ -194,9 +287,10 @@ def saved_config(run_folder: Path) -> dict:
     return yaml.safe_load((run_folder / "config.yaml").read_text())
 
 
-def test_sweep_runs_each_job_in_its_own_folder(image_root, tmp_path):
+def test_sweep_runs_each_job_in_its_own_folder(image_root, tmp_path, run_in_process):
+    # Hydra's basic launcher runs the jobs one after the other in the command's own process.
     sweep = tmp_path / "sweep"
-    result = run_train_cli(
+    result = run_in_process(
         "-m",
         *SMALL_RUN,
         f"data.root={image_root}",
@@ -212,8 +306,8 @@ def test_sweep_runs_each_job_in_its_own_folder(image_root, tmp_path):
     assert configs[0]["seed"] != configs[1]["seed"]
 
 
-def test_sweep_with_ddp_is_refused_with_what_to_do_instead(image_root, tmp_path):
-    result = run_train_cli(
+def test_sweep_with_ddp_is_refused_with_what_to_do_instead(image_root, tmp_path, run_in_process):
+    result = run_in_process(
         "-m",
         *SMALL_RUN,
         f"data.root={image_root}",
