@@ -21,10 +21,10 @@ SHAPES = (
     "checkerboard",
     "circle",
     "cross",
+    "diagonal_stripes",
     "dots",
     "horizontal_stripes",
     "ring",
-    "square",
     "star",
     "triangle",
     "vertical_stripes",
@@ -48,6 +48,15 @@ def _draw_pattern(draw: ImageDraw.ImageDraw, shape: str, box, cells: int, fill) 
     """Stripes, checks or dots filling `box` with `cells` repeats a side."""
     left, top, right, bottom = box
     size = (right - left) / cells
+    if shape == "diagonal_stripes":  # lines y = x - c across the box, one every `size` along x
+        width = max(1, round(size / (2 * math.sqrt(2))))  # half of the perpendicular period
+        offset = left - bottom
+        while offset < right - top:
+            start, end = max(left, top + offset), min(right, bottom + offset)
+            if end - start >= 1:
+                draw.line([(start, start - offset), (end, end - offset)], fill=fill, width=width)
+            offset += size
+        return
     for row in range(cells):
         for col in range(cells):
             x0, y0 = left + col * size, top + row * size
@@ -68,7 +77,13 @@ def _draw_pattern(draw: ImageDraw.ImageDraw, shape: str, box, cells: int, fill) 
 def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, center, radius, rotation, fill, background):
     x, y = center
     box = (x - radius, y - radius, x + radius, y + radius)
-    if shape in ("horizontal_stripes", "vertical_stripes", "checkerboard", "dots"):
+    if shape in (
+        "horizontal_stripes",
+        "vertical_stripes",
+        "diagonal_stripes",
+        "checkerboard",
+        "dots",
+    ):
         _draw_pattern(draw, shape, box, cells=3 + int(rotation) % 3, fill=fill)
     elif shape == "circle":
         draw.ellipse(box, fill=fill)
@@ -76,11 +91,6 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, center, radius, rotation,
         draw.ellipse(box, fill=fill)
         inner = radius * 0.55
         draw.ellipse((x - inner, y - inner, x + inner, y + inner), fill=background)
-    elif shape == "square":
-        draw.polygon(
-            _polygon(center, [radius] * 4, math.pi / 4 + 0.3 * (rotation - math.pi) / math.pi),
-            fill=fill,
-        )
     elif shape == "triangle":
         draw.polygon(_polygon(center, [radius] * 3, rotation), fill=fill)
     elif shape == "star":
@@ -137,7 +147,7 @@ def generate_demo_dataset(
     root = Path(root).expanduser()
     recipe = (
         f"train_per_class={train_per_class} val_per_class={val_per_class} "
-        f"min_side={min_side} max_side={max_side} seed={seed}\n"
+        f"min_side={min_side} max_side={max_side} seed={seed} shapes={','.join(SHAPES)}\n"
     )
     marker = root / COMPLETE_MARKER
     if marker.exists() and marker.read_text() == recipe:
