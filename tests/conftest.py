@@ -167,7 +167,10 @@ def run_module_in_process(
     GlobalHydra.instance().clear()
     # Lightning's loggers print through handlers made when it was imported, bound to the stderr
     # of that moment (pytest's): pointed at this run's stderr, as in a fresh process, for the run.
-    rebound = {handler: handler.setStream(sys.stderr) for handler in import_time_handlers()}
+    # (Assigned, not setStream, which flushes the old stream: a test's capture may have closed it.)
+    rebound = {handler: handler.stream for handler in import_time_handlers()}
+    for handler in rebound:
+        handler.stream = sys.stderr
     returncode = 0
     try:
         runpy.run_module(module, run_name="__main__", alter_sys=True)
@@ -184,8 +187,7 @@ def run_module_in_process(
                 handler.close()
         logging.root.setLevel(level)
         for handler, stream in rebound.items():
-            if stream is not None:  # None: it already wrote to this stderr
-                handler.setStream(stream)
+            handler.stream = sys.__stderr__ if getattr(stream, "closed", False) else stream
         os.environ.clear()
         os.environ.update(environment)  # seed_everything's variables stay in the run
     return returncode
