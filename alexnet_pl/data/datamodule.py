@@ -139,7 +139,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
                     len(empty),
                     empty,
                 )
-        rank = self.trainer.global_rank if self.trainer is not None else 0
+        rank, _ = self._rank_and_world_size()
         if self.bad_file_report is not None:
             report = Path(self.bad_file_report)
             # One report per process: under DDP every rank reads its own share of the files.
@@ -205,9 +205,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
             collate_fn=collate_skipping_bad,
             # Workers leave the scheduler's SIGTERM/SIGUSR1 to this process, then seed as Lightning
             # would (data/workers.py).
-            worker_init_fn=partial(
-                init_worker, rank=self.trainer.global_rank if self.trainer is not None else 0
-            ),
+            worker_init_fn=partial(init_worker, rank=self._rank_and_world_size()[0]),
         )
 
     def _rank_and_world_size(self) -> tuple[int, int]:

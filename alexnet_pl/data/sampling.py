@@ -10,14 +10,13 @@ without padding, so that each is counted once.
 
 from collections.abc import Iterator
 
-import torch
-from torch.utils.data import Sampler
+from torch.utils.data import DistributedSampler, Sampler
 
 
-class ResumableShuffleSampler(Sampler[int]):
-    """The training order: the epoch's permutation of all images (torch.randperm seeded with
-    seed + epoch, as DistributedSampler does), padded by repeating its start to a multiple of the
-    world size; rank r takes every world_size-th entry from r.
+class ResumableShuffleSampler(DistributedSampler):
+    """The training order: DistributedSampler's (the epoch's permutation of all images, seeded
+    with seed + epoch, padded by repeating its start to a multiple of the world size; rank r takes
+    every world_size-th entry from r), with a way to start an epoch part way through.
 
     With a global batch B (B / world_size per process), optimizer step j of an epoch trains on
     permutation entries j*B to (j+1)*B - 1 whatever the number of processes, so skipping the first
@@ -27,17 +26,8 @@ class ResumableShuffleSampler(Sampler[int]):
     def __init__(self, length: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside the {world_size} processes")
-        self.length = length
-        self.seed = seed
-        self.rank = rank
-        self.world_size = world_size
-        self.epoch = 0
-        self.per_rank = -(-length // world_size)  # ceil: the padded share of every rank
+        super().__init__(range(length), num_replicas=world_size, rank=rank, seed=seed)
         self._resume: tuple[int, int] | None = None  # (epoch, samples of it to skip), used once
-
-    def set_epoch(self, epoch: int) -> None:
-        """Lightning calls this before every epoch; the DataModule when it builds the loader."""
-        self.epoch = epoch
 
     def resume_at(self, epoch: int, samples_done: int) -> None:
         """The next pass over `epoch` starts after this rank's first `samples_done` samples (those
@@ -47,28 +37,16 @@ class ResumableShuffleSampler(Sampler[int]):
             raise ValueError(f"cannot skip {samples_done} samples: a count is never negative")
         self._resume = (epoch, samples_done)
 
-    def epoch_indices(self, epoch: int) -> list[int]:
-        """This rank's whole share of `epoch`, in order."""
-        generator = torch.Generator()
-        generator.manual_seed(self.seed + epoch)
-        order = torch.randperm(self.length, generator=generator).tolist()
-        padded_length = self.per_rank * self.world_size
-        while len(order) < padded_length:  # more processes than images repeat the start
-            order += order[: padded_length - len(order)]
-        return order[self.rank : padded_length : self.world_size]
-
     def __iter__(self) -> Iterator[int]:
         start = 0
         if self._resume is not None:
             resume_epoch, samples_done = self._resume
             self._resume = None
             start = samples_done if resume_epoch == self.epoch else 0
-        return iter(self.epoch_indices(self.epoch)[start:])
-
-    def __len__(self) -> int:
-        # Always the whole share, also when resuming: Lightning counts an epoch's batches from the
-        # loader's length and continues its batch index where the checkpoint stopped.
-        return self.per_rank
+        # __len__ stays DistributedSampler's whole share, also when resuming: Lightning counts an
+        # epoch's batches from the loader's length and continues its batch index where the
+        # checkpoint stopped.
+        return iter(list(super().__iter__())[start:])
 
 
 class ShardSampler(Sampler[int]):

@@ -173,18 +173,12 @@ class ResizeTenCrop:
         else:
             image = resize_shorter_side(image, self.resize)
         corners_from = image
-        height, width = image.shape[-2:]
         if self.square:
-            side = min(height, width)
-            top, left = centre_offset(height, side), centre_offset(width, side)
-            corners_from = image[..., top : top + side, left : left + side]
-        bottom, right = corners_from.shape[-2] - crop, corners_from.shape[-1] - crop
-        views = [
-            corners_from[..., y : y + crop, x : x + crop]
-            for y, x in ((0, 0), (0, right), (bottom, 0), (bottom, right))
-        ]
-        views.append(F.center_crop(image, [crop, crop]))
-        views = torch.stack(views)
+            side = min(image.shape[-2:])
+            corners_from = F.center_crop(image, [side, side])
+        # five_crop: top-left, top-right, bottom-left, bottom-right, centre (of corners_from)
+        corners = F.five_crop(corners_from, [crop, crop])[:4]
+        views = torch.stack([*corners, F.center_crop(image, [crop, crop])])
         return torch.cat([views, views.flip(-1)])
 
 
