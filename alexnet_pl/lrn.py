@@ -27,6 +27,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from alexnet_pl import private_api
+
 
 def window_sum(t: torch.Tensor, before: int, after: int, groups: int) -> torch.Tensor:
     """For each channel c, the sum of channels c - before .. c + after, counting channels outside
@@ -104,11 +106,7 @@ def compiled_kernels(
 def triton_available() -> bool:
     """torch.compile's GPU code generator: absent on some platforms, and GPUs older than Volta
     cannot run it; the plain formulas then run eagerly there too."""
-    try:
-        from torch.utils._triton import has_triton
-    except ImportError:
-        return False
-    return has_triton()
+    return private_api.has_triton()
 
 
 def use_compiled_kernels(x: torch.Tensor) -> bool:

@@ -15,6 +15,7 @@ from lightning_fabric.plugins.environments import LightningEnvironment
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from alexnet_pl import private_api
 from alexnet_pl.step_cadence import is_check_batch
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,16 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             os.replace(partial, path)
         finally:
             partial.unlink(missing_ok=True)
+
+    def load_checkpoint(
+        self, path: str | os.PathLike, map_location: Any = None, weights_only: Any = None
+    ) -> dict[str, Any]:
+        """Every checkpoint Lightning loads (ckpt_path=..., a SLURM requeue's hpc_ckpt) is read
+        with weights_only=True: plain data only, whatever TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD says,
+        on every Lightning (Trainer.fit(weights_only=...) came only with Lightning 2.6)."""
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"Checkpoint file not found: {path}")  # as Lightning's
+        return torch.load(path, map_location=map_location, weights_only=True)
 
 
 class StopTogether(pl.Callback):
@@ -98,15 +109,13 @@ class StopTogether(pl.Callback):
         stops at the batch where it happened to see the signal. Lightning also broadcasts rank 0's
         flag and reads it back before every batch (a host sync per step); with its handler
         replaced, that flag is never set, so the broadcast is switched off for this trainer's loop
-        (an attribute on the instance shadows the method; a Lightning without it is left alone).
+        (an attribute on the instance shadows the method; private_api.py says when it is gone).
         """
         if threading.current_thread() is not threading.main_thread():
             return  # Python sets handlers only there; Lightning's handling stays as it is
         self.trainer = trainer
         signal.signal(signal.SIGTERM, self.on_sigterm)
-        epoch_loop = trainer.fit_loop.epoch_loop
-        if hasattr(epoch_loop, "_broadcast_sigterm_tensor"):
-            epoch_loop._broadcast_sigterm_tensor = lambda: None
+        private_api.skip_sigterm_broadcast(trainer.fit_loop.epoch_loop)
 
     def on_sigterm(self, signum: int, frame: Any) -> None:
         if not self.sigterm_received and self.trainer is not None:

@@ -16,6 +16,8 @@ a rank skipped an optimizer step (a batch whose every image was undecodable).
 import pytorch_lightning as pl
 import torch
 
+from alexnet_pl import private_api
+
 
 def is_check_batch(trainer: pl.Trainer, batch_idx: int) -> bool:
     """True for the batches (by their index in the epoch) after which device-side values are read
@@ -29,7 +31,7 @@ def is_check_batch(trainer: pl.Trainer, batch_idx: int) -> bool:
     # hands every window to the loggers while it is fresh. It advances at every batch, also one
     # that skipped its optimizer step; with gradient accumulation only at the batch that steps, so
     # all the batches of one step share it (and all are check batches when it is one).
-    batches_before = trainer.fit_loop.epoch_loop._batches_that_stepped
+    batches_before = private_api.batches_that_stepped(trainer)
     return (batches_before + 1) % every == 0 or last_batch
 
 
@@ -63,6 +65,6 @@ def forget_check_values(trainer: pl.Trainer, names: tuple[str, ...]) -> None:
     dropping them from its collection of this epoch's results changes nothing shown, only the
     reads stop.
     """
-    for result in trainer._results.values() if trainer._results is not None else ():
+    for result in private_api.logged_results(trainer):
         if result.meta.name in names and not result.meta.on_epoch and not result.has_reset:
             result.reset()

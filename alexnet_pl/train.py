@@ -62,9 +62,9 @@ def train(cfg: DictConfig) -> pl.Trainer:
         log.info("run folder: %s (seed %d)", cfg.paths.output_dir, cfg.seed)
 
     try:
-        # weights_only: Lightning's own load (ckpt_path, or a SLURM requeue's hpc_ckpt) builds
-        # nothing but plain data, whatever TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD says.
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
+        # Lightning's own load (ckpt_path, or a SLURM requeue's hpc_ckpt) builds nothing but plain
+        # data: safeguards.AtomicCheckpointIO loads with weights_only=True.
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
     except SIGTERMException as interrupted:
         # Lightning's SIGTERMException exits with status 0; a job scheduler must see that the run
         # was interrupted (last.ckpt was written by safeguards.StopTogether): 143.

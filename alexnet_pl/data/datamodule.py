@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from alexnet_pl.data.bad_images import BadImageError, BadImageReport
-from alexnet_pl.data.decoding import check_decoder, decode_to_crops
+from alexnet_pl.data.decoding import check_decoder, decode_to_crops, jpeg_codec_name
 from alexnet_pl.data.device_prefetch import DecodingAheadLoader
 from alexnet_pl.data.image_folder import ImageFolderDataset, collate_skipping_bad, strict_message
 from alexnet_pl.data.sampling import ResumableShuffleSampler, ShardSampler
@@ -128,6 +128,8 @@ class ImageFolderDataModule(pl.LightningDataModule):
                 SPLITS, (self.train_transform, self.val_transform), strict=True
             )
         )
+        if self.decode != "pil" and (self.trainer is None or self.trainer.is_global_zero):
+            log.info("data.decode=%s: JPEGs decoded by %s", self.decode, jpeg_codec_name())
         for split, dataset in zip(SPLITS, (self.train_set, self.val_set), strict=True):
             counts = np.bincount(dataset.targets, minlength=len(dataset.classes))
             empty = [name for name, count in zip(dataset.classes, counts, strict=True) if not count]

@@ -1,33 +1,86 @@
 """Image files to uint8 RGB tensors (3, H, W): three decoders behind `data.decode`.
 
 - pil: PIL for every file. Slowest, reads anything PIL reads.
-- cpu: torchvision's libjpeg-turbo decoder for JPEG files (about 1.5x faster than PIL's decode and
-  no PIL-to-tensor copy); PIL for every other format, and for a JPEG libjpeg-turbo refuses, so a
-  damaged file fails with PIL's message and is skipped as before.
+- cpu: a libjpeg-turbo JPEG decoder (about 1.5x faster than PIL's decode and no PIL-to-tensor
+  copy); PIL for every other format, and for a JPEG libjpeg-turbo refuses, so a damaged file fails
+  with PIL's message and is skipped as before.
 - gpu: the workers read the bytes, read each JPEG's size from its header and draw the view's crop
   window there (read_for_device); a batch travels as one buffer (EncodedBatch). In the main process
   (CUDA cannot run in forked workers), a thread decodes it on the GPU with nvjpeg in one call and
   cuts all crops at once (decode_to_crops, batched_crops.py) while the step runs
   (device_prefetch.py). Files nvjpeg would get wrong (not JPEG, CMYK) are decoded and cropped on
   the CPU in the worker instead.
+
+The JPEG decoder of cpu and gpu is TorchCodec's `decode_jpeg` when TorchCodec is installed, else
+torchvision's (deprecated from torchvision 0.29, which names TorchCodec as its successor; both are
+libjpeg-turbo on the CPU and nvjpeg on CUDA, and give the same pixels), else none: PIL decodes
+every file. JPEG_CODEC says which; every JPEG of this project is decoded through this module.
 """
 
-import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple, Protocol
 
 import numpy as np
 import torch
-from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2.functional import pil_to_tensor
 
 from alexnet_pl.data.bad_images import DECODE_ERRORS, BadImage, load_rgb
 from alexnet_pl.data.batched_crops import crop_batch
 from alexnet_pl.data.transforms import CropWindow
 
-# torchvision 0.29 announces that its image codecs will move to TorchCodec; they are still the
-# libjpeg-turbo and nvjpeg decoders this project is measured with. Swap when they are removed.
-warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities")
+
+class JpegCodec(NamedTuple):
+    """A JPEG decoder: decode(bytes or a list of them, device) -> RGB uint8 (3, H, W) tensor(s);
+    a damaged file raises RuntimeError. A list on CUDA is decoded in one nvjpeg call."""
+
+    name: str  # the package and its version, as the run's log names it
+    decode: Callable[..., torch.Tensor | list[torch.Tensor]]
+
+
+def torchcodec_jpeg() -> JpegCodec:
+    import torchcodec
+    from torchcodec.decoders import decode_jpeg  # images need no FFmpeg
+
+    def decode(data, device: torch.device | str = "cpu"):
+        return decode_jpeg(data, mode="RGB", device=device)
+
+    return JpegCodec(f"torchcodec {torchcodec.__version__}", decode)
+
+
+def torchvision_jpeg() -> JpegCodec:
+    import torchvision
+    from torchvision.io import ImageReadMode, decode_jpeg  # to be removed after torchvision 0.29
+
+    def decode(data, device: torch.device | str = "cpu"):
+        return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+
+    return JpegCodec(f"torchvision {torchvision.__version__}", decode)
+
+
+# In the order they are tried. What a broken install raises (a library that does not load) is
+# caught too: the next decoder decodes the same pixels.
+JPEG_CODECS = {"torchcodec": torchcodec_jpeg, "torchvision": torchvision_jpeg}
+
+
+def find_jpeg_codec() -> JpegCodec | None:
+    """The first JPEG decoder that imports; None: PIL decodes everything."""
+    for load in JPEG_CODECS.values():
+        try:
+            return load()
+        except (ImportError, OSError, RuntimeError):
+            continue
+    return None
+
+
+JPEG_CODEC = find_jpeg_codec()
+
+
+def jpeg_codec_name() -> str:
+    """What decodes the JPEGs of data.decode=cpu and gpu, for the run's log."""
+    if JPEG_CODEC is None:
+        return "PIL (neither torchcodec nor torchvision's codecs import)"
+    return JPEG_CODEC.name
+
 
 DECODERS = ("pil", "cpu", "gpu")
 JPEG_MAGIC = b"\xff\xd8\xff"
@@ -84,9 +137,9 @@ def decode_with_pil(path: str) -> torch.Tensor:
 
 def decode_on_cpu(path: str) -> torch.Tensor:
     data = read_encoded(path)
-    if data[:3].tobytes() == JPEG_MAGIC:
+    if JPEG_CODEC is not None and data[:3].tobytes() == JPEG_MAGIC:
         try:
-            return decode_jpeg(torch.from_numpy(data), mode=ImageReadMode.RGB)
+            return JPEG_CODEC.decode(torch.from_numpy(data))
         except RuntimeError:
             pass  # PIL decodes what it can and says what is wrong with the rest
     return decode_with_pil(path)
@@ -118,6 +171,8 @@ def read_for_device(path: str, view: WindowedView) -> EncodedImage:
     """The worker's part of data.decode=gpu: read the file, its size from the JPEG header, and draw
     the view's crop there (the random draws come from the seeded worker, as with the CPU views)."""
     data = read_encoded(path)
+    if JPEG_CODEC is None:  # no JPEG decoder for the device: PIL in the worker
+        return EncodedImage(path, view(decode_with_pil(path)))
     header = jpeg_header(data) if data[:3].tobytes() == JPEG_MAGIC else None
     if header is not None and header.components in (1, 3) and header.height and header.width:
         size = (header.height, header.width)
@@ -180,7 +235,7 @@ def decode_jpegs(
         return [], [], []
     paths = [batch.paths[i] for i in batch.jpeg_at.tolist()]
     try:
-        decoded = dict(enumerate(decode_jpeg(jpegs, mode=ImageReadMode.RGB, device=device)))
+        decoded = dict(enumerate(JPEG_CODEC.decode(jpegs, device=device)))
     except RuntimeError:
         decoded = {}
     bad = []
@@ -188,7 +243,7 @@ def decode_jpegs(
         for i, (path, data) in enumerate(zip(paths, jpegs, strict=True)):
             try:
                 try:
-                    decoded[i] = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+                    decoded[i] = JPEG_CODEC.decode(data, device=device)
                 except RuntimeError:
                     decoded[i] = decode_on_cpu(path).to(device, non_blocking=True)
             except DECODE_ERRORS as error:

@@ -17,7 +17,8 @@ from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
-from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
+
+from alexnet_pl import private_api
 
 POLL_SECONDS = 0.1  # how often a blocked thread checks whether it should stop
 JOIN_SECONDS = 60.0  # a worker may take this long to hand over the batch the thread waits for
@@ -180,6 +181,7 @@ class DecodingAheadLoader:
             device = torch.device("cuda", torch.cuda.current_device())
         self.loader, self.prepare, self.device, self.depth = loader, prepare, device, depth
         self.running: DecodingAhead | None = None
+        private_api.check_lightning_resets_loaders()  # which stops the thread (_iterator below)
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -226,7 +228,4 @@ class DecodingAheadLoader:
         if value is not None:
             raise ValueError("only None (stop) can be assigned to the running pass")
         self.close()
-        inner = getattr(self.loader, "_iterator", None)
-        if isinstance(inner, _MultiProcessingDataLoaderIter):
-            inner._shutdown_workers()
-        self.loader._iterator = None
+        private_api.shut_down_loader(self.loader)
