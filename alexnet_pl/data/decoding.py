@@ -17,11 +17,13 @@ libjpeg-turbo on the CPU and nvjpeg on CUDA, and give the same pixels), else non
 every file. JPEG_CODEC says which; every JPEG of this project is decoded through this module.
 """
 
+import io
 from collections.abc import Callable, Sequence
 from typing import NamedTuple, Protocol
 
 import numpy as np
 import torch
+from PIL import Image
 from torchvision.transforms.v2.functional import pil_to_tensor
 
 from alexnet_pl.data.bad_images import DECODE_ERRORS, BadImage, load_rgb
@@ -57,29 +59,51 @@ def torchvision_jpeg() -> JpegCodec:
     return JpegCodec(f"torchvision {torchvision.__version__}", decode)
 
 
-# In the order they are tried. What a broken install raises (a library that does not load) is
-# caught too: the next decoder decodes the same pixels.
+# In the order they are tried. TorchCodec declares no torch version: one built for another torch
+# installs but does not load (OSError), or may load and fail; a decoder is used only once it has
+# decoded a small JPEG here to the pixels PIL gives.
 JPEG_CODECS = {"torchcodec": torchcodec_jpeg, "torchvision": torchvision_jpeg}
 
 
-def find_jpeg_codec() -> JpegCodec | None:
-    """The first JPEG decoder that imports; None: PIL decodes everything."""
-    for load in JPEG_CODECS.values():
+def probe_jpeg() -> tuple[bytes, torch.Tensor]:
+    """A small JPEG and its pixels as PIL decodes them (libjpeg-turbo, as both codecs)."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 8), (200, 40, 90)).save(buffer, format="JPEG")
+    with Image.open(buffer) as image:
+        return buffer.getvalue(), pil_to_tensor(image.convert("RGB"))
+
+
+def find_jpeg_codec() -> tuple[JpegCodec | None, dict[str, str]]:
+    """The first JPEG decoder that loads and decodes the probe right (None: PIL decodes every
+    file), and why each one before it was passed over."""
+    data, pixels = probe_jpeg()
+    passed_over = {}
+    for name, load in JPEG_CODECS.items():
         try:
-            return load()
-        except (ImportError, OSError, RuntimeError):
+            codec = load()
+            decoded = codec.decode(torch.frombuffer(bytearray(data), dtype=torch.uint8))
+        except ModuleNotFoundError as error:
+            passed_over[name] = f"not installed ({error})"
             continue
-    return None
+        except (ImportError, OSError, RuntimeError) as error:
+            passed_over[name] = f"{type(error).__name__}: {error}"
+            continue
+        if not torch.equal(decoded, pixels):
+            passed_over[name] = "decoded a test JPEG to other pixels than PIL"
+            continue
+        return codec, passed_over
+    return None, passed_over
 
 
-JPEG_CODEC = find_jpeg_codec()
+JPEG_CODEC, JPEG_CODECS_PASSED_OVER = find_jpeg_codec()
 
 
 def jpeg_codec_name() -> str:
-    """What decodes the JPEGs of data.decode=cpu and gpu, for the run's log."""
-    if JPEG_CODEC is None:
-        return "PIL (neither torchcodec nor torchvision's codecs import)"
-    return JPEG_CODEC.name
+    """What decodes the JPEGs of data.decode=cpu and gpu, and why not the ones before it: for the
+    run's log."""
+    used = JPEG_CODEC.name if JPEG_CODEC is not None else "PIL (no JPEG codec of torch loads)"
+    reasons = "; ".join(f"{name}: {why}" for name, why in JPEG_CODECS_PASSED_OVER.items())
+    return f"{used} ({reasons})" if reasons else used
 
 
 DECODERS = ("pil", "cpu", "gpu")
