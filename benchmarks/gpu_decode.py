@@ -20,11 +20,11 @@ import numpy as np
 import torch
 import torchvision
 from torch.utils.data import DataLoader
-from torchvision.io import ImageReadMode, decode_jpeg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # pipeline.py, beside this file
-from pipeline import MEAN, SIZES, STD, photo_like_jpeg  # noqa: E402
+from pipeline import MEAN, SIZES, STD, loadable_codecs, photo_like_jpeg  # noqa: E402
 
+from alexnet_pl.data import decoding  # noqa: E402
 from alexnet_pl.data.decoding import decode_to_crops  # noqa: E402
 from alexnet_pl.data.device_prefetch import DecodingAheadLoader  # noqa: E402
 from alexnet_pl.data.image_folder import ImageFolderDataset, collate_skipping_bad  # noqa: E402
@@ -141,10 +141,10 @@ def main() -> None:
     images = sum(len(jpegs) for jpegs in files)
     kilobytes = np.mean([len(data) for jpegs in files for data in jpegs]) / 1024
 
-    def nvjpeg_alone(source: list[list[torch.Tensor]]) -> Callable[[], int]:
-        return lambda: sum(
-            len(decode_jpeg(j, mode=ImageReadMode.RGB, device=device)) for j in source
-        )
+    def nvjpeg_alone(
+        source: list[list[torch.Tensor]], codec: decoding.JpegCodec | None = decoding.JPEG_CODEC
+    ) -> Callable[[], int]:
+        return lambda: sum(len(codec.decode(j, device=device)) for j in source)
 
     def batched_crops() -> int:
         return sum(len(decode_to_crops(batch, device)[1]) for batch in collated)
@@ -152,7 +152,7 @@ def main() -> None:
     def per_image_loop() -> int:  # what data.decode=gpu did before: a view per image, stacked
         count = 0
         for jpegs in files:
-            decoded = decode_jpeg(jpegs, mode=ImageReadMode.RGB, device=device)
+            decoded = decoding.JPEG_CODEC.decode(jpegs, device=device)
             count += len(torch.stack([view(image) for image in decoded]))
         return count
 
@@ -187,6 +187,13 @@ def main() -> None:
         ("loader, data.decode=gpu (workers, decoding ahead)", loader("gpu", lambda x: None)),
         ("loader, data.decode=cpu (workers decode and crop)", loader("cpu", lambda x: None)),
     ]
+    # The other JPEG decoders that load here (the default one is the first row's).
+    rows += [
+        (f"nvjpeg batched decode alone, bytes pinned, {codec.name}", nvjpeg_alone(pinned, codec))
+        for codec in loadable_codecs()
+        if codec.name != decoding.JPEG_CODEC.name
+    ]
+    other_codecs = len(rows) - 6
     if device.type == "cuda" and args.step_ms > 0:
         step_alone = [torch.zeros(BATCH, 3, CROP, CROP, dtype=torch.uint8, device=device)] * (
             images // BATCH
@@ -205,6 +212,7 @@ def main() -> None:
         f"{name}; torch {torch.__version__}, torchvision {torchvision.__version__}; "
         f"{os.cpu_count()} CPUs, {args.workers} loader workers"
     )
+    print(f"JPEG decoder: {decoding.jpeg_codec_name()}")
     print(f"{images} JPEGs ({kilobytes:.0f} KB average), batch {BATCH}, {CROP} px crops\n")
     print("| what | img/s | x nvjpeg alone |")
     print("|---|---:|---:|")
@@ -214,10 +222,11 @@ def main() -> None:
         print(f"| {label} | {results[-1]:,.0f} | {results[-1] / results[0]:.2f} |", flush=True)
     gpu, cpu = results[4], results[5]
     print(f"\nloader decode=gpu / decode=cpu: {gpu / cpu:.2f}")
-    if len(results) > 6:
+    if len(results) > 6 + other_codecs:
+        alone, gpu_step, cpu_step = results[6 + other_codecs :]
         print(
-            f"with the simulated step, gpu / cpu: {results[7] / results[8]:.2f}; "
-            f"gpu loader + step / step alone: {results[7] / results[6]:.2f}"
+            f"with the simulated step, gpu / cpu: {gpu_step / cpu_step:.2f}; "
+            f"gpu loader + step / step alone: {gpu_step / alone:.2f}"
         )
 
 

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, RandomSampler, default_collate
 from torchvision import transforms as T
 from torchvision.datasets import ImageFolder
 
+from alexnet_pl.data import decoding
 from alexnet_pl.data.image_folder import ImageFolderDataset, collate_skipping_bad
 from alexnet_pl.data.transforms import ResizeRandomCropFlip, ToNormalizedFloat
 from alexnet_pl.resized_copy import make_resized_copy
@@ -76,10 +77,30 @@ def ours(root: Path, decode: str) -> ImageFolderDataset:
     return ImageFolderDataset(str(root / "train"), ResizeRandomCropFlip(RESIZE, CROP), decode)
 
 
-def loader_rate(dataset, collate: Callable, batch: int, workers: int, samples: int) -> float:
+def loadable_codecs() -> list[decoding.JpegCodec]:
+    """Each JPEG decoder that loads here (TorchCodec, torchvision's codecs): a table row each."""
+    codecs = []
+    for load in decoding.JPEG_CODECS.values():
+        try:
+            codecs.append(load())
+        except (ImportError, OSError, RuntimeError):
+            pass
+    return codecs
+
+
+def loader_rate(
+    dataset,
+    collate: Callable,
+    batch: int,
+    workers: int,
+    samples: int,
+    codec: decoding.JpegCodec | None = decoding.JPEG_CODEC,
+) -> float:
     """Images/s delivered by a DataLoader with `workers` processes (one thread each), after the
     first batch. With one worker: the rate of one CPU core, all of a worker's work included
-    (read, decode, transform, collate into shared memory)."""
+    (read, decode, transform, collate into shared memory). `codec`: the JPEG decoder of
+    data.decode=cpu and gpu (the workers, forked at iter(), take the one set here)."""
+    decoding.JPEG_CODEC = codec
     loader = DataLoader(
         dataset,
         batch_size=batch,
@@ -120,15 +141,23 @@ def main() -> None:
     kb = np.mean([p.stat().st_size for p in (originals / "train").rglob("*.JPEG")]) / 1024
     kb_prepared = np.mean([p.stat().st_size for p in (prepared / "train").rglob("*.JPEG")]) / 1024
 
+    default = decoding.JPEG_CODEC
+    codec_rows = [
+        (f"ours, data.decode=cpu, {codec.name}", "originals", ours(originals, "cpu"), codec)
+        for codec in loadable_codecs()
+        if default is None or codec.name != default.name
+    ]
     rows = [
-        ("baseline: ImageFolder + PIL, float on CPU", "originals", baseline(originals)),
-        ("ours, data.decode=pil", "originals", ours(originals, "pil")),
-        ("ours, data.decode=cpu (default)", "originals", ours(originals, "cpu")),
-        ("baseline: ImageFolder + PIL, float on CPU", "prepared 256", baseline(prepared)),
-        ("ours, data.decode=cpu (default)", "prepared 256", ours(prepared, "cpu")),
+        ("baseline: ImageFolder + PIL, float on CPU", "originals", baseline(originals), None),
+        ("ours, data.decode=pil", "originals", ours(originals, "pil"), None),
+        ("ours, data.decode=cpu (default)", "originals", ours(originals, "cpu"), default),
+        *codec_rows,  # the other JPEG decoders that load here
+        ("baseline: ImageFolder + PIL, float on CPU", "prepared 256", baseline(prepared), None),
+        ("ours, data.decode=cpu (default)", "prepared 256", ours(prepared, "cpu"), default),
     ]
     print(f"{args.images} JPEGs, originals {kb:.0f} KB average, prepared copy {kb_prepared:.0f} KB")
-    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs; per core = one loader worker\n")
+    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs; per core = one loader worker")
+    print(f"the default JPEG decoder: {decoding.jpeg_codec_name()}\n")
     workers = f"{args.workers} workers"
     print(f"| pipeline | data | img/s per core | x baseline | img/s, {workers} | x baseline |")
     print("|---|---|---:|---:|---:|---:|")
@@ -136,15 +165,15 @@ def main() -> None:
     # (a shared VM) slows all rows alike; the table shows the median of each.
     rates: dict[int, list[tuple[float, float]]] = {i: [] for i in range(len(rows))}
     for _ in range(args.repeats):
-        for i, (_, _, dataset) in enumerate(rows):
+        for i, (_, _, dataset, codec) in enumerate(rows):
             collate = default_collate if isinstance(dataset, ImageFolder) else collate_skipping_bad
-            core = loader_rate(dataset, collate, args.batch, 1, 4 * args.batch)
+            core = loader_rate(dataset, collate, args.batch, 1, 4 * args.batch, codec)
             samples = 4 * args.workers * args.batch
             rates[i].append(
-                (core, loader_rate(dataset, collate, args.batch, args.workers, samples))
+                (core, loader_rate(dataset, collate, args.batch, args.workers, samples, codec))
             )
     medians = [tuple(statistics.median(r[k] for r in rates[i]) for k in (0, 1)) for i in rates]
-    for (name, data, _), (core, loader) in zip(rows, medians, strict=True):
+    for (name, data, _, _), (core, loader) in zip(rows, medians, strict=True):
         print(
             f"| {name} | {data} | {core:.0f} | {core / medians[0][0]:.2f} | {loader:.0f} | "
             f"{loader / medians[0][1]:.2f} |"
