@@ -141,8 +141,10 @@ def main() -> None:
     images = sum(len(jpegs) for jpegs in files)
     kilobytes = np.mean([len(data) for jpegs in files for data in jpegs]) / 1024
 
+    default_codec = decoding.device_jpeg_codec(device)  # what data.decode=gpu uses here
+
     def nvjpeg_alone(
-        source: list[list[torch.Tensor]], codec: decoding.JpegCodec | None = decoding.JPEG_CODEC
+        source: list[list[torch.Tensor]], codec: decoding.JpegCodec = default_codec
     ) -> Callable[[], int]:
         return lambda: sum(len(codec.decode(j, device=device)) for j in source)
 
@@ -152,7 +154,7 @@ def main() -> None:
     def per_image_loop() -> int:  # what data.decode=gpu did before: a view per image, stacked
         count = 0
         for jpegs in files:
-            decoded = decoding.JPEG_CODEC.decode(jpegs, device=device)
+            decoded = default_codec.decode(jpegs, device=device)
             count += len(torch.stack([view(image) for image in decoded]))
         return count
 
@@ -191,7 +193,7 @@ def main() -> None:
     rows += [
         (f"nvjpeg batched decode alone, bytes pinned, {codec.name}", nvjpeg_alone(pinned, codec))
         for codec in loadable_codecs()
-        if codec.name != decoding.JPEG_CODEC.name
+        if codec.name != default_codec.name
     ]
     other_codecs = len(rows) - 6
     if device.type == "cuda" and args.step_ms > 0:
@@ -212,7 +214,7 @@ def main() -> None:
         f"{name}; torch {torch.__version__}, torchvision {torchvision.__version__}; "
         f"{os.cpu_count()} CPUs, {args.workers} loader workers"
     )
-    print(f"JPEG decoder: {decoding.jpeg_codec_name()}")
+    print(f"JPEG decoder on {device}: {default_codec.name}")
     print(f"{images} JPEGs ({kilobytes:.0f} KB average), batch {BATCH}, {CROP} px crops\n")
     print("| what | img/s | x nvjpeg alone |")
     print("|---|---:|---:|")

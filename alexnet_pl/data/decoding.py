@@ -17,7 +17,9 @@ libjpeg-turbo on the CPU and nvjpeg on CUDA, and give the same pixels), else non
 every file. JPEG_CODEC says which; every JPEG of this project is decoded through this module.
 """
 
+import functools
 import io
+import logging
 from collections.abc import Callable, Sequence
 from typing import NamedTuple, Protocol
 
@@ -29,6 +31,8 @@ from torchvision.transforms.v2.functional import pil_to_tensor
 from alexnet_pl.data.bad_images import DECODE_ERRORS, BadImage, load_rgb
 from alexnet_pl.data.batched_crops import crop_batch
 from alexnet_pl.data.transforms import CropWindow
+
+log = logging.getLogger(__name__)
 
 
 class JpegCodec(NamedTuple):
@@ -96,6 +100,31 @@ def find_jpeg_codec() -> tuple[JpegCodec | None, dict[str, str]]:
 
 
 JPEG_CODEC, JPEG_CODECS_PASSED_OVER = find_jpeg_codec()
+
+
+def device_jpeg_codec(device: torch.device) -> JpegCodec | None:
+    """The JPEG decoder of data.decode=gpu on `device`: JPEG_CODEC on a CPU; on an accelerator the
+    first of JPEG_CODECS that decodes the probe there (TorchCodec's nvjpeg, else torchvision's),
+    chosen once and logged. None: the CPU decodes each image (decode_on_cpu)."""
+    return JPEG_CODEC if device.type == "cpu" else accelerator_jpeg_codec(device)
+
+
+@functools.cache
+def accelerator_jpeg_codec(device: torch.device) -> JpegCodec | None:
+    data, pixels = probe_jpeg()
+    for name, load in JPEG_CODECS.items():
+        try:
+            codec = load()
+            decoded = codec.decode([torch.frombuffer(bytearray(data), dtype=torch.uint8)], device)
+        except (ImportError, OSError, RuntimeError) as error:
+            log.info("data.decode=gpu: %s does not decode on %s (%s)", name, device, error)
+            continue
+        # nvjpeg may round a level differently from libjpeg-turbo.
+        if (decoded[0].cpu().int() - pixels.int()).abs().max() <= 8:
+            log.info("data.decode=gpu: JPEGs decoded on %s by %s", device, codec.name)
+            return codec
+    log.warning("data.decode=gpu: no JPEG decoder runs on %s; the CPU decodes each image", device)
+    return None
 
 
 def jpeg_codec_name() -> str:
@@ -258,8 +287,9 @@ def decode_jpegs(
     if not jpegs:
         return [], [], []
     paths = [batch.paths[i] for i in batch.jpeg_at.tolist()]
+    codec = device_jpeg_codec(device)
     try:
-        decoded = dict(enumerate(JPEG_CODEC.decode(jpegs, device=device)))
+        decoded = dict(enumerate(codec.decode(jpegs, device=device))) if codec else {}
     except RuntimeError:
         decoded = {}
     bad = []
@@ -267,7 +297,9 @@ def decode_jpegs(
         for i, (path, data) in enumerate(zip(paths, jpegs, strict=True)):
             try:
                 try:
-                    decoded[i] = JPEG_CODEC.decode(data, device=device)
+                    if codec is None:
+                        raise RuntimeError("no JPEG decoder for the device")
+                    decoded[i] = codec.decode(data, device=device)
                 except RuntimeError:
                     decoded[i] = decode_on_cpu(path).to(device, non_blocking=True)
             except DECODE_ERRORS as error:
