@@ -22,6 +22,9 @@ PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 NAME = canonicalize_name(PROJECT["name"])
 EXTRAS = ("test",)  # the README installs .[test]
 CONSTRAINTS = ROOT / "constraints.txt"
+# The installer's own tools, left to the environment as `pip freeze` does (torch asks for a
+# setuptools; a fresh virtual environment's older one is upgraded to meet it).
+INSTALLER_TOOLS = {"pip", "setuptools", "wheel", "distribute"}
 
 
 def applies(requirement: Requirement, extra: str = "") -> bool:
@@ -67,7 +70,8 @@ def installed_closure() -> dict[str, str]:
             dist = distribution(name)
         except PackageNotFoundError:
             sys.exit(f"{name} is not installed; install the project first: pip install -e .[test]")
-        versions[name] = dist.version
+        if name not in INSTALLER_TOOLS:
+            versions[name] = dist.version
         for text in dist.requires or []:
             child = Requirement(text)
             if applies(child) or any(applies(child, extra) for extra in requirement.extras):
