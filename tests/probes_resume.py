@@ -58,3 +58,14 @@ class LearningRateRecorder(pl.Callback):
 
 def read_learning_rates(path: Path, rank: int = 0) -> list[dict]:
     return [json.loads(line) for line in (path / f"lr_rank{rank}.jsonl").read_text().splitlines()]
+
+
+def scalar_steps(tensorboard_dir: Path, tag: str) -> list[int]:
+    """The steps of one tag's scalars as TensorBoard reads them back from every events file of the
+    folder (an interrupted process's events after its checkpoint are hidden by the resumed one's
+    purge step)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tensorboard_dir))
+    events.Reload()
+    return [event.step for event in events.Scalars(tag)]
