@@ -129,12 +129,6 @@ def find(cfg: DictConfig) -> Resumed | None:
     )
     if cfg.seed is None:
         cfg.seed = resumed.config.get("seed")  # the run's, for the order of its images
-    log.info(
-        "resumed from epoch %d, step %d (checkpoint %s)",
-        resumed.epoch,
-        resumed.global_step,
-        resumed.ckpt_path,
-    )
     return resumed
 
 
@@ -145,7 +139,14 @@ def check_same_run(
     the differences that do not, recorded in config.yaml."""
     if resumed is None:
         return {}
-    return config_diff.check_same_computation(resumed.ckpt_path, resumed.config, cfg, run_config)
+    changes = config_diff.check_same_computation(resumed.ckpt_path, resumed.config, cfg, run_config)
+    log.info(
+        "resumed from epoch %d, step %d (checkpoint %s)",
+        resumed.epoch,
+        resumed.global_step,
+        resumed.ckpt_path,
+    )
+    return changes
 
 
 def continue_loggers(loggers: DictConfig, resumed: Resumed | None) -> None:
