@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-from pytorch_lightning.loggers import CSVLogger, Logger, WandbLogger
+from pytorch_lightning.loggers import CSVLogger, Logger, MLFlowLogger, WandbLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
@@ -29,6 +29,10 @@ class ConfigToLoggers(pl.Callback):
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         for logger in trainer.loggers:  # each logger writes on rank 0 only
+            if trainer.ckpt_path is not None and isinstance(logger, MLFlowLogger):
+                # A resume continues the MLflow run (resume.py), whose parameters cannot change
+                # once logged: it keeps those of the run's start; config.yaml records each resume.
+                continue
             logger.log_hyperparams(self.config)
 
 

@@ -42,7 +42,7 @@ def sigterm_resumed(image_root, tmp_path_factory) -> Path:
         *SMALL_RUN,
         f"data.root={image_root}",
         f"trainer.max_epochs={EPOCHS}",
-        "logger=[tensorboard,csv]",
+        "logger=[tensorboard,csv,wandb,mlflow]",  # W&B offline, MLflow's file store
         *BEST_BEFORE_THE_STOP,
     ]
     stop = [
@@ -51,11 +51,15 @@ def sigterm_resumed(image_root, tmp_path_factory) -> Path:
         "+callbacks.sigterm.batch=0",
     ]
     with pytest.MonkeyPatch.context() as patch:
+        for name in ("WANDB_MODE", "MLFLOW_TRACKING_URI"):  # the tests must not go online
+            patch.delenv(name, raising=False)
         arguments = [*common, *stop, "seed=5", f"hydra.run.dir={run_dir}"]
         status = run_module_in_process("alexnet_pl.train", arguments, work, patch)
     assert status == 128 + signal.SIGTERM
     (work / "stopped_step").write_text(str(torch.load(last(run_dir))["global_step"]))
     with pytest.MonkeyPatch.context() as patch:
+        for name in ("WANDB_MODE", "MLFLOW_TRACKING_URI"):
+            patch.delenv(name, raising=False)
         arguments = [*common, "ckpt_path=outputs/run"]
         assert run_module_in_process("alexnet_pl.train", arguments, work, patch) == 0
     return work
@@ -87,6 +91,17 @@ def test_a_run_stopped_by_sigterm_resumes_in_its_folder_with_one_curve_per_tag(s
         rows = [row for row in csv.DictReader(file) if row["train/loss"]]
     csv_steps = [int(row["step"]) for row in rows]
     assert csv_steps == train_steps  # the CSV logger appended, as TensorBoard continued
+
+    # W&B (offline: a folder per process) and MLflow logged into the run's own run, continued.
+    wandb_runs = {path.name.rsplit("-", 1)[1] for path in (run_dir / "wandb").glob("offline-run-*")}
+    assert len(wandb_runs) == 1 and len(list((run_dir / "wandb").glob("offline-run-*"))) == 2
+    (mlflow_run,) = [p for p in (run_dir / "mlruns").glob("*/*") if (p / "metrics").is_dir()]
+    mlflow_steps = [
+        int(line.split()[2])
+        for line in (mlflow_run / "metrics/train/loss").read_text().split("\n")
+        if line
+    ]
+    assert mlflow_steps == train_steps
 
 
 @pytest.mark.slow
