@@ -92,7 +92,10 @@ def check_same_computation(
         for key, (old, value) in refused.items():
             because = " (derived from trainer.max_epochs)" if key in derived else ""
             lines.append(f"  {key}: the run has {old!r}, this command {value!r}{because}")
-        keep = " ".join(f"{key}={format_override(old)}" for key, (old, _) in refused.items())
+        keep = " ".join(
+            f"~{key}" if old == MISSING else f"{key}={format_override(old)}"
+            for key, (old, _) in refused.items()
+        )
         raise ValueError(
             f"ckpt_path={ckpt_path} continues a run trained with other settings; resuming would "
             "change what the run computes while its record says otherwise:\n"
