@@ -13,6 +13,7 @@ resume). It refuses a changed recipe (config_diff.py). A SLURM job requeued afte
 import logging
 import shlex
 import sys
+import warnings
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -129,6 +130,8 @@ def find(cfg: DictConfig) -> Resumed | None:
     )
     if cfg.seed is None:
         cfg.seed = resumed.config.get("seed")  # the run's, for the order of its images
+    # ModelCheckpoint warns of a non-empty folder, meant for a new run that would mix with an old.
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
     return resumed
 
 
