@@ -193,8 +193,9 @@ class StopTogether(pl.Callback):
     ) -> None:
         """One all-reduce (MIN) of [first bad record, -SIGTERM flag, -requeue flag] and one host
         read; every rank calls it at the same batch and takes the same decision."""
-        flags = [-int(self.sigterm_received), -int(self.requeue_received)]
-        decision = torch.cat([self.first_bad.view(1), self.first_bad.new_tensor(flags)])
+        # new_full fills on the device: no copy from the host (which would wait for the GPU).
+        flags = (-int(self.sigterm_received), -int(self.requeue_received))
+        decision = torch.stack([self.first_bad, *(self.first_bad.new_full((), f) for f in flags)])
         if trainer.world_size > 1:
             # Straight to torch: strategy.reduce would add a barrier, a second collective.
             torch.distributed.all_reduce(decision, op=torch.distributed.ReduceOp.MIN)
