@@ -3,16 +3,12 @@ offending value and the fix. Checks that need an object live with it: model.grou
 crop larger than the resize in the transforms, the class folders in the DataModule."""
 
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig
 
 from alexnet_pl.checkpoint import CURRENT_FORMAT, checkpoint_format, read_checkpoint
 from alexnet_pl.data.datamodule import per_device_batch_size
-
-# Model settings that change the shapes of the weights: a checkpoint only loads into the same.
-SHAPE_SETTINGS = ("num_classes", "groups", "fc_width")
-# What a checkpoint written before a setting existed was trained with.
-SHAPE_DEFAULTS = {"fc_width": 4096}
 
 
 def check_learning_rate(optimizer: DictConfig) -> None:
@@ -29,8 +25,9 @@ def check_global_batch(batch_size: int, world_size: int) -> None:
 
 
 def resolve_resume_path(ckpt_path: str | None, outputs: Path = Path("outputs")) -> str | None:
-    """ckpt_path may be a checkpoint file, a run folder (its checkpoints/last.ckpt), or `last`: the
-    most recently written outputs/**/checkpoints/last.ckpt under the current folder."""
+    """ckpt_path may be a checkpoint file, a run folder (its newest: checkpoints/last.ckpt, or the
+    hpc_ckpt_N.ckpt of a SLURM requeue), or `last`: the most recently written
+    outputs/**/checkpoints/last.ckpt under the current folder."""
     if ckpt_path is None:
         return None
     if ckpt_path == "last":
@@ -43,7 +40,7 @@ def resolve_resume_path(ckpt_path: str | None, outputs: Path = Path("outputs")) 
         return str(found[-1])
     path = Path(ckpt_path)
     if path.is_dir():
-        path = path / "checkpoints" / "last.ckpt"
+        path = newest_checkpoint(path) or path / "checkpoints" / "last.ckpt"
     if not path.is_file():
         raise FileNotFoundError(
             f"ckpt_path={ckpt_path} is not a checkpoint (looked for {path}); give a .ckpt file, a "
@@ -52,12 +49,21 @@ def resolve_resume_path(ckpt_path: str | None, outputs: Path = Path("outputs")) 
     return str(path)
 
 
-def check_checkpoint_fits_model(ckpt_path: str, model: DictConfig) -> None:
+def newest_checkpoint(run_dir: Path) -> Path | None:
+    """A run's newest full checkpoint: checkpoints/last.ckpt, or an hpc_ckpt_N.ckpt written on
+    SLURM's requeue signal (safeguards.StopTogether), whichever was written last."""
+    found = [run_dir / "checkpoints" / "last.ckpt", *run_dir.glob("hpc_ckpt_*.ckpt")]
+    found = [path for path in found if path.is_file()]
+    return max(found, key=lambda path: path.stat().st_mtime) if found else None
+
+
+def check_resumable(ckpt_path: str) -> dict[str, Any]:
+    """The checkpoint, read without its weights (mmap), if training can continue from it. Whether
+    the command's config is the run's: config_diff.py."""
     # mmap: reads the small config without loading hundreds of MB of weights into memory.
     # weights_only: a checkpoint holding anything but plain data is refused, naming the file.
     checkpoint = read_checkpoint(ckpt_path, mmap=True)
-    saved = checkpoint.get("config", {}).get("model") if isinstance(checkpoint, dict) else None
-    if saved is None:
+    if not isinstance(checkpoint, dict) or "config" not in checkpoint:
         raise ValueError(
             f"ckpt_path={ckpt_path} is not a checkpoint written by alexnet_pl.train (it has no "
             "config); resume from the checkpoints/last.ckpt of an earlier run"
@@ -74,25 +80,18 @@ def check_checkpoint_fits_model(ckpt_path: str, model: DictConfig) -> None:
             "before fc6 and fc7, as torchvision; with model.groups=2, normalisation across the "
             f"towers); this version trains the paper's network (format {CURRENT_FORMAT}: dropout "
             "after fc6 and fc7, normalisation within each tower), so resuming would go on "
-            "training a different network. Start a new run; evaluate, predict and export still "
-            "read this checkpoint"
+            "training a different network. Start a new run (init_from=<this checkpoint> starts "
+            "one from its weights); evaluate, predict and export still read this checkpoint"
         )
     if "optimizer_states" not in checkpoint:
         raise ValueError(
             f"ckpt_path={ckpt_path} holds the weights only (best-*.ckpt is written without the "
             "optimizer and schedule state, to keep it small), so training cannot resume from it; "
-            "resume from that run's checkpoints/last.ckpt (ckpt_path=<run folder>), or use this "
-            "one with evaluate, predict or export"
+            "resume from that run's checkpoints/last.ckpt (ckpt_path=<run folder>), start a new "
+            "run from its weights with init_from=<this checkpoint>, or use it with evaluate, "
+            "predict or export"
         )
-    saved = {**SHAPE_DEFAULTS, **saved}
-    differences = [key for key in SHAPE_SETTINGS if saved.get(key) != model.get(key)]
-    if differences:
-        raise ValueError(
-            f"ckpt_path={ckpt_path} was trained with "
-            f"{', '.join(f'model.{key}={saved.get(key)}' for key in differences)} but this run "
-            f"has {', '.join(f'model.{key}={model.get(key)}' for key in differences)}; resume "
-            "with the checkpoint's settings"
-        )
+    return checkpoint
 
 
 def check_no_multirun_ddp(world_size: int) -> None:

@@ -2,14 +2,18 @@
 the end), and the final validation metrics as JSON for scripts. (The configuration and class names
 in every checkpoint are written by AlexNetModule.on_save_checkpoint: see there why not here.)"""
 
+import csv
 import json
 import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-from pytorch_lightning.loggers import Logger, WandbLogger
+from pytorch_lightning.loggers import CSVLogger, Logger, MLFlowLogger, WandbLogger
+from pytorch_lightning.loggers.csv_logs import ExperimentWriter
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 log = logging.getLogger(__name__)
 FINAL_METRICS = ("val/loss", "val/top1", "val/top5")
@@ -25,6 +29,10 @@ class ConfigToLoggers(pl.Callback):
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         for logger in trainer.loggers:  # each logger writes on rank 0 only
+            if trainer.ckpt_path is not None and isinstance(logger, MLFlowLogger):
+                # A resume continues the MLflow run (resume.py), whose parameters cannot change
+                # once logged: it keeps those of the run's start; config.yaml records each resume.
+                continue
             logger.log_hyperparams(self.config)
 
 
@@ -78,3 +86,37 @@ def write_json_atomically(path: Path, data: dict[str, Any]) -> None:
     partial = path.with_suffix(".json.partial")
     partial.write_text(json.dumps(data, indent=2) + "\n")
     os.replace(partial, path)
+
+
+class ContinuedCSVLogger(CSVLogger):
+    """Lightning's CSVLogger, which deletes an existing metrics.csv when it starts; given
+    `resume_step` (a resume: resume.continue_loggers), it keeps the rows logged before that step
+    and appends after them, so that a resumed run has one metrics.csv. (Rows at that step and
+    after were written by the interrupted process after its checkpoint; this one logs them again.)
+    """
+
+    def __init__(self, *args: Any, resume_step: int | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.resume_step = resume_step
+
+    @property
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is not None or self.resume_step is None or rank_zero_only.rank != 0:
+            return super().experiment
+        path = Path(self.log_dir) / ExperimentWriter.NAME_METRICS_FILE
+        rows, fields = [], []
+        if path.is_file():
+            with path.open(newline="") as file:
+                reader = csv.DictReader(file)
+                fields = list(reader.fieldnames or [])
+                rows = [row for row in reader if int(float(row["step"])) < self.resume_step]
+        with warnings.catch_warnings():  # "will be deleted": it is, and written again below
+            warnings.simplefilter("ignore")
+            writer = super().experiment
+        if fields and writer is not None:
+            with path.open("w", newline="") as file:
+                table = csv.DictWriter(file, fieldnames=fields)
+                table.writeheader()
+                table.writerows(rows)
+            writer.metrics_keys = sorted(fields)
+        return writer

@@ -1,9 +1,12 @@
 """What keeps a long run's work safe: checkpoints that are never half-written, and a stop on every
-rank at once when the cluster sends SIGTERM (with a checkpoint) or the loss stops being a number."""
+rank at once when the cluster sends SIGTERM or SLURM's requeue signal (with a checkpoint) or the
+loss stops being a number."""
 
 import logging
 import os
+import re
 import signal
+import subprocess
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -11,7 +14,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from lightning_fabric.plugins.environments import LightningEnvironment
+from lightning_fabric.plugins.environments import LightningEnvironment, SLURMEnvironment
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
@@ -53,9 +56,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return torch.load(path, map_location=map_location, weights_only=True)
 
 
+class RequeueStop(SIGTERMException):
+    """The ranks agreed to stop on SLURM's requeue signal (SIGUSR1): checkpoint, then requeue."""
+
+
 class StopTogether(pl.Callback):
     """Stops every rank at the same batch when the training loss stops being a number, or when
-    the cluster sends SIGTERM (preemption, time limit).
+    the cluster sends SIGTERM (preemption, time limit) or SLURM's requeue signal.
 
     A non-finite loss stops the run with the first bad step, its epoch and learning rate, and
     writes no checkpoint: a diverged run otherwise burns GPU hours and then overwrites last.ckpt
@@ -69,6 +76,12 @@ class StopTogether(pl.Callback):
     on every rank) and before any checkpoint can be written (validation start, epoch end), one
     all-reduce tells every rank the first bad batch of any rank and whether any rank received
     SIGTERM, and all stop there together.
+
+    SLURM's requeue signal (SIGUSR1 with `#SBATCH --signal`) is taken the same way. Lightning's
+    own handler writes hpc_ckpt_N.ckpt inside the signal handler, in the middle of whatever the
+    step was doing (Lightning issue #21406: intermittent failures from that); here the ranks agree
+    at the next check batch, write hpc_ckpt_N.ckpt into the run folder there, and only then rank 0
+    calls `scontrol requeue`. The requeued job continues the same run from it (resume.find).
     """
 
     # The record of a rank without a non-finite loss; ranks' records are compared by their minimum.
@@ -78,6 +91,7 @@ class StopTogether(pl.Callback):
         self.checkpoint_path = checkpoint_path
         self.trainer: pl.Trainer | None = None
         self.sigterm_received = False
+        self.requeue_received = False
         # Batches are numbered over the run, the same on every rank; a rank's first bad one is
         # recorded as number * world_size + rank, so the minimum over ranks names both.
         self.batch_number = 0
@@ -115,6 +129,10 @@ class StopTogether(pl.Callback):
             return  # Python sets handlers only there; Lightning's handling stays as it is
         self.trainer = trainer
         signal.signal(signal.SIGTERM, self.on_sigterm)
+        # Lightning installs its requeue handler under SLURM (auto_requeue); replaced likewise.
+        requeue = signal.getsignal(signal.SIGUSR1)
+        if SLURMEnvironment.detect() and requeue not in (None, signal.SIG_DFL, signal.SIG_IGN):
+            signal.signal(signal.SIGUSR1, self.on_requeue_signal)
         private_api.skip_sigterm_broadcast(trainer.fit_loop.epoch_loop)
 
     def on_sigterm(self, signum: int, frame: Any) -> None:
@@ -125,6 +143,9 @@ class StopTogether(pl.Callback):
             if kill is not None:
                 kill(signum)
         self.sigterm_received = True
+
+    def on_requeue_signal(self, signum: int, frame: Any) -> None:
+        self.requeue_received = True  # SLURM sends it to every process of the job step
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
@@ -179,26 +200,34 @@ class StopTogether(pl.Callback):
     def stop_if_any_rank_must(
         self, trainer: pl.Trainer, sigterm_waits_for_epoch_end: bool = False
     ) -> None:
-        """One all-reduce (MIN) of [first bad record, -SIGTERM flag] and one host read; every rank
-        calls it at the same batch and takes the same decision."""
-        decision = torch.stack(
-            [self.first_bad, self.first_bad.new_full((), -int(self.sigterm_received))]
-        )
+        """One all-reduce (MIN) of [first bad record, -SIGTERM flag, -requeue flag] and one host
+        read; every rank calls it at the same batch and takes the same decision."""
+        # new_full fills on the device: no copy from the host (which would wait for the GPU).
+        flags = (-int(self.sigterm_received), -int(self.requeue_received))
+        decision = torch.stack([self.first_bad, *(self.first_bad.new_full((), f) for f in flags)])
         if trainer.world_size > 1:
             # Straight to torch: strategy.reduce would add a barrier, a second collective.
             torch.distributed.all_reduce(decision, op=torch.distributed.ReduceOp.MIN)
-        first_bad, minus_sigterm = decision.tolist()
+        first_bad, minus_sigterm, minus_requeue = decision.tolist()
         if first_bad < self.NONE_BAD:
             raise FloatingPointError(self.non_finite_message(trainer, first_bad))
         self.unchecked.clear()
+        self.requeue_received = bool(minus_requeue)  # every rank the same, for stop_on_sigterm
+        minus_sigterm = minus_sigterm or minus_requeue
         if minus_sigterm and sigterm_waits_for_epoch_end:
             self.stop_at_epoch_end = True
         elif minus_sigterm:
             self.stop_on_sigterm(trainer)
 
     def stop_on_sigterm(self, trainer: pl.Trainer) -> None:
-        log.info("rank %d: SIGTERM; stopping at step %d", trainer.global_rank, trainer.global_step)
-        raise SIGTERMException()
+        signal_name = "the requeue signal" if self.requeue_received else "SIGTERM"
+        log.info(
+            "rank %d: %s; stopping at step %d",
+            trainer.global_rank,
+            signal_name,
+            trainer.global_step,
+        )
+        raise RequeueStop() if self.requeue_received else SIGTERMException()
 
     def non_finite_message(self, trainer: pl.Trainer, first_bad: int) -> str:
         batch_number, bad_rank = divmod(first_bad, trainer.world_size)
@@ -220,7 +249,14 @@ class StopTogether(pl.Callback):
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
-        if isinstance(exception, SIGTERMException):
+        if isinstance(exception, RequeueStop):
+            # Every rank raised at the same batch (save_checkpoint synchronises; rank 0 writes).
+            path = hpc_checkpoint_path(Path(trainer.default_root_dir))
+            trainer.save_checkpoint(path)
+            if trainer.is_global_zero:
+                log.warning("requeue signal: wrote %s at step %d", path, trainer.global_step)
+                requeue_slurm_job()
+        elif isinstance(exception, SIGTERMException):
             # Every rank raised at the same batch and calls save_checkpoint (it synchronises);
             # only rank 0 writes.
             trainer.save_checkpoint(self.checkpoint_path)
@@ -246,3 +282,31 @@ def sigterm_exit_status(trainer: pl.Trainer) -> int:
     if trainer.local_rank > 0 and isinstance(environment, LightningEnvironment):
         return 0
     return 128 + signal.SIGTERM
+
+
+def hpc_checkpoint_path(run_dir: Path) -> Path:
+    """<run>/hpc_ckpt_<N+1>.ckpt: Lightning's name for a requeue checkpoint, which a requeued job
+    finds in its run folder (resume.find; preflight.newest_checkpoint)."""
+    numbers = [int(m.group(1)) for p in run_dir.glob("hpc_ckpt_*.ckpt") if (m := HPC.match(p.name))]
+    return run_dir / f"hpc_ckpt_{max(numbers, default=0) + 1}.ckpt"
+
+
+HPC = re.compile(r"hpc_ckpt_(\d+)\.ckpt$")
+
+
+def requeue_slurm_job() -> None:
+    """`scontrol requeue <job>`, as Lightning's SLURM handler does (an array task as
+    <array job>_<task>); SLURM then ends this job and starts it again with the same id."""
+    array_job = os.environ.get("SLURM_ARRAY_JOB_ID")
+    job = (
+        f"{array_job}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+        if array_job
+        else os.environ["SLURM_JOB_ID"]
+    )
+    result = subprocess.call(["scontrol", "requeue", job])
+    if result == 0:
+        log.info("requeued SLURM job %s", job)
+    else:
+        log.warning(
+            "scontrol requeue %s failed with status %d: the job was not requeued", job, result
+        )

@@ -5,7 +5,7 @@ same command again for every other local rank, pointed at the same Hydra run fol
 """
 
 import logging
-from pathlib import Path
+import sys
 
 import hydra
 import pytorch_lightning as pl
@@ -13,7 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from alexnet_pl import preflight, speed
+from alexnet_pl import preflight, resume, speed
 from alexnet_pl.exact_resume import PlateauStepInCheckpoint
 from alexnet_pl.module import AlexNetModule
 from alexnet_pl.monitoring import HParamsWithMetrics
@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 
 
 def train(cfg: DictConfig) -> pl.Trainer:
+    # ckpt_path (or a SLURM requeue): the run this command continues, in its own folder (resume.py)
+    resumed = resume.find(cfg)  # a null seed becomes the run's
     cfg.seed = choose_seed(cfg.seed)
     preflight.check_learning_rate(cfg.optimizer)
     speed.choose_for_this_machine(cfg)  # each `auto` speed switch made concrete, and logged
@@ -32,10 +34,9 @@ def train(cfg: DictConfig) -> pl.Trainer:
     if cfg.model.num_classes is None:
         # The default: one output per class folder in data.root/train (listed; no image is read).
         cfg.model.num_classes = len(datamodule.read_class_names())
-    cfg.ckpt_path = preflight.resolve_resume_path(cfg.ckpt_path)
-    if cfg.ckpt_path is not None:
-        preflight.check_checkpoint_fits_model(cfg.ckpt_path, cfg.model)
+    cfg.init_from = preflight.resolve_resume_path(cfg.init_from)  # the file, in the record
     run_config = OmegaConf.to_container(cfg, resolve=True)  # num_classes and seed as used
+    changes = resume.check_same_run(cfg, run_config, resumed)  # a changed recipe stops here
 
     module = AlexNetModule(
         network=instantiate(cfg.model),
@@ -46,19 +47,23 @@ def train(cfg: DictConfig) -> pl.Trainer:
         compile=OmegaConf.to_container(cfg.compile) if cfg.compile is not None else None,
         run_config=run_config,
     )
+    resume.load_initial_weights(module.network, cfg.init_from)  # init_from: weights, a new run
     callbacks = [instantiate(callback) for callback in cfg.callbacks.values()]
     callbacks += [ConfigToLoggers(run_config), HParamsWithMetrics(run_config)]
+    callbacks.append(resume.LoggerRunIds())  # a resume logs into the same W&B and MLflow runs
     callbacks.append(PlateauStepInCheckpoint())  # resumes keep ReduceLROnPlateau's every step
     # Under DDP: rank 0's seed on every rank, and each rank's own draws (seeding.py).
     callbacks.append(SeedEveryRank(cfg.seed, run_config))
+    resume.continue_loggers(cfg.logger, resumed)  # the run's own events, CSV, W&B and MLflow runs
     loggers = [instantiate(logger) for logger in cfg.logger.values()]
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
     preflight.check_global_batch(cfg.data.batch_size, trainer.world_size)  # before DDP launches
     preflight.check_no_multirun_ddp(trainer.world_size)
 
     if trainer.is_global_zero:
-        # The resolved config, with the seed actually used (Hydra's .hydra/config.yaml has null).
-        OmegaConf.save(cfg, Path(cfg.paths.output_dir) / "config.yaml", resolve=True)
+        # The resolved config, with the seed actually used (Hydra's .hydra/config.yaml has null),
+        # and a record of each resume.
+        resume.write_run_record(run_config, resumed, changes)
         log.info("run folder: %s (seed %d)", cfg.paths.output_dir, cfg.seed)
 
     try:
@@ -79,4 +84,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    resume.continue_in_run_folder(sys.argv)  # before Hydra makes a run folder of its own
     main()

@@ -58,3 +58,39 @@ class LearningRateRecorder(pl.Callback):
 
 def read_learning_rates(path: Path, rank: int = 0) -> list[dict]:
     return [json.loads(line) for line in (path / f"lr_rank{rank}.jsonl").read_text().splitlines()]
+
+
+def scalar_steps(tensorboard_dir: Path, tag: str) -> list[int]:
+    """The steps of one tag's scalars as TensorBoard reads them back from every events file of the
+    folder (an interrupted process's events after its checkpoint are hidden by the resumed one's
+    purge step)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tensorboard_dir))
+    events.Reload()
+    return [event.step for event in events.Scalars(tag)]
+
+
+class ScoreByEpoch(pl.Callback):
+    """Logs `probe/score` = scores[epoch] after each validation: a metric whose best epoch is
+    known in advance, for a checkpoint callback to monitor (`callbacks.best_checkpoint.monitor`)."""
+
+    def __init__(self, scores: list[float]) -> None:
+        self.scores = list(scores)
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            pl_module.log("probe/score", float(self.scores[trainer.current_epoch]))
+
+
+class NetworkChecksum(pl.Callback):
+    """Writes the sum of the network's weights at the start of training to <path>."""
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        total = sum(
+            float(weight.double().sum()) for weight in pl_module.network.state_dict().values()
+        )
+        self.path.write_text(json.dumps({"sum": total, "global_step": trainer.global_step}))

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from alexnet_pl.checkpoint import (
     CURRENT_FORMAT,
@@ -21,7 +20,7 @@ from alexnet_pl.checkpoint import (
 )
 from alexnet_pl.lrn import LocalResponseNorm
 from alexnet_pl.network import SMALLEST_INPUT_SIZE, AlexNet
-from alexnet_pl.preflight import check_checkpoint_fits_model
+from alexnet_pl.preflight import check_resumable
 from tests.conftest import NUM_CLASSES, SMALL_RUN, cli_environment
 from tests.test_slurm_requeue import slurm_environment
 
@@ -51,7 +50,8 @@ def trap(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         "config": {"model": {"num_classes": NUM_CLASSES, "groups": 1}, "note": WritesAFile(target)},
         FORMAT_KEY: CURRENT_FORMAT,
     }
-    path = folder / "shared.ckpt"
+    path = folder / "shared_run" / "checkpoints" / "last.ckpt"  # where `ckpt_path=` resumes from
+    path.parent.mkdir(parents=True)
     torch.save(checkpoint, path)
     return path, target
 
@@ -68,10 +68,10 @@ def test_the_trap_does_run_code_when_unpickled_without_weights_only(trap):
 
 @pytest.fixture(scope="module")
 def requeued_on_slurm(trap, image_root, tmp_path_factory) -> subprocess.CompletedProcess:
-    """Lightning's own load, in a real process with SLURM's environment: a requeued SLURM job
-    resumes from the hpc_ckpt_*.ckpt in its run folder by itself, without our preflight; the
-    environment asks torch to default to weights_only=False, so only train.py's explicit
-    weights_only=True stops it."""
+    """A requeued SLURM job, in a real process with SLURM's environment: it resumes from the
+    hpc_ckpt_*.ckpt in its run folder without ckpt_path (resume.find reads it as any resume, with
+    weights_only=True; train.py also passes weights_only=True to Lightning's own load), while the
+    environment asks torch to default to weights_only=False."""
     path, _ = trap
     work = tmp_path_factory.mktemp("requeued")
     requeued_run = work / "slurm_run"
@@ -98,7 +98,7 @@ def command_line(command: str, path: Path, image_root: Path, work: Path) -> tupl
         "export": ("export", [str(path), "--output", str(work / "x.onnx")]),
         "train": (
             "train",
-            [*SMALL_RUN, f"data.root={image_root}", f"ckpt_path={path}", f"hydra.run.dir={work}"],
+            [*SMALL_RUN, f"data.root={image_root}", f"ckpt_path={path}"],  # in the run's folder
         ),
     }[command]
 
@@ -116,11 +116,10 @@ def test_a_checkpoint_that_would_run_code_is_refused_naming_the_file(
     output = result.stdout + result.stderr
     assert result.returncode != 0, output[-3000:]
     assert not target.exists()  # the object was never built
-    if command == "train_requeued_on_slurm":  # Lightning's message, after naming the file
-        assert "hpc_ckpt_1.ckpt" in output and "Weights only load failed" in output, output[-3000:]
-    else:
-        refusal = f"checkpoint {path} was not loaded: it holds a pickled Python object (getattr)"
-        assert refusal in output, output[-3000:]  # names the file and the object
+    if command == "train_requeued_on_slurm":  # the requeued job's checkpoint is checked too
+        path = Path("hpc_ckpt_1.ckpt")
+    refusal = f"{path} was not loaded: it holds a pickled Python object (getattr)"
+    assert refusal in output, output[-3000:]  # names the file and the object
 
 
 def test_a_trained_runs_checkpoints_hold_only_plain_data_and_their_format(trained_run):
@@ -178,6 +177,6 @@ def test_a_format_1_checkpoint_is_refused_for_resuming(tmp_path):
     path = tmp_path / "old.ckpt"
     torch.save({"config": {"model": model}, "optimizer_states": [], "state_dict": {}}, path)
     with pytest.raises(ValueError) as refused:
-        check_checkpoint_fits_model(str(path), OmegaConf.create(model))
+        check_resumable(str(path))
     assert f"ckpt_path={path} was written in checkpoint format 1" in str(refused.value)
     assert "Start a new run" in str(refused.value)

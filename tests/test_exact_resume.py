@@ -14,13 +14,14 @@ uninterrupted.
 Through the real CLI (run in this process, as run_in_process does: the command line, Hydra, the
 exit status and the signal are those of `python -m alexnet_pl.train`), with AlexNet and the
 paper's recipe, for two epochs: a run of one epoch (its last.ckpt is written at the end of the
-epoch's validation, before Lightning's plateau step), resumed and stopped by a real SIGTERM in
-epoch 1 (last.ckpt written mid-epoch), resumed again to the end. The same under DDP (two
-processes, a SIGTERM to the whole process group): test_launchers.py.
+epoch's validation, before Lightning's plateau step), resumed in its folder and stopped by a real
+SIGTERM in epoch 1 (last.ckpt written mid-epoch), resumed again to the end, in the same folder.
+The same under DDP (two processes, a SIGTERM to the whole process group): test_launchers.py.
 """
 
 import json
 import math
+import shutil
 import signal
 from pathlib import Path
 
@@ -244,25 +245,30 @@ def uninterrupted(indexed_root, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def interrupted(indexed_root, tmp_path_factory) -> Path:
+    """One run in base/run, stopped twice; the checkpoint of each stop kept as base/<stop>.ckpt
+    (the next part of the run writes its own last.ckpt in the same folder)."""
     base = tmp_path_factory.mktemp("interrupted")
-    succeeded(run(indexed_root, base / "first_epoch", "trainer.max_epochs=1"))
+    folder, last = base / "run", base / "run" / "checkpoints" / "last.ckpt"
+    succeeded(run(indexed_root, folder, "trainer.max_epochs=1"))
+    shutil.copy(last, base / "first_epoch.ckpt")
     stopped = run(
         indexed_root,
-        base / "stopped",
+        folder,
         f"trainer.max_epochs={CLI_EPOCHS}",
-        f"ckpt_path={base / 'first_epoch'}",
+        f"ckpt_path={folder}",
         "+callbacks.sigterm._target_=tests.probes_resume.SigtermAt",
         "+callbacks.sigterm.epoch=1",
         "+callbacks.sigterm.batch=1",
         "~callbacks.best_checkpoint",
     )
     assert stopped == 128 + signal.SIGTERM  # 143, as a process killed by it
+    shutil.copy(last, base / "stopped.ckpt")
     # A worker process here: with workers, Lightning starts the loader before it sets the epoch.
     finished = run(
         indexed_root,
-        base / "finished",
+        folder,
         f"trainer.max_epochs={CLI_EPOCHS}",
-        f"ckpt_path={base / 'stopped'}",
+        f"ckpt_path={folder}",
         "data.num_workers=1",
         *NO_CHECKPOINTS,
     )
@@ -270,15 +276,15 @@ def interrupted(indexed_root, tmp_path_factory) -> Path:
     return base
 
 
-def checkpoint(run_folder: Path) -> dict:
-    return torch.load(run_folder / "checkpoints" / "last.ckpt", weights_only=False)
+def checkpoint(path: Path) -> dict:
+    return torch.load(path, weights_only=False)
 
 
 @pytest.mark.slow
 def test_a_run_stopped_mid_epoch_resumes_with_the_same_images_in_the_same_order(
     uninterrupted, interrupted
 ):
-    stopped = checkpoint(interrupted / "stopped")  # the run stops at the next check batch
+    stopped = checkpoint(interrupted / "stopped.ckpt")  # the run stops at the next check batch
     assert stopped["epoch"] == 1 and STEPS_PER_EPOCH < stopped["global_step"] < 2 * STEPS_PER_EPOCH
 
     expected, seen = read_records(uninterrupted)[0], read_records(interrupted / "records")[0]
@@ -301,7 +307,7 @@ def test_the_plateau_scheduler_resumes_with_the_learning_rates_of_the_uninterrup
 
     # The checkpoint of the first run was written at the end of epoch 0's validation, before
     # Lightning's plateau step: it holds the scheduler as it is after that step.
-    first = checkpoint(interrupted / "first_epoch")
+    first = checkpoint(interrupted / "first_epoch.ckpt")
     after_epoch_0 = next(r for r in expected if r["epoch"] == 1)
     assert first["lr_schedulers"][0] == after_epoch_0["scheduler"]
     assert first["lr_schedulers"][0]["last_epoch"] == 1

@@ -8,6 +8,7 @@ conftest.indexed_root's colour-coded images."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,11 +19,13 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from alexnet_pl.data.sampling import ResumableShuffleSampler
 from tests.conftest import SMALL_RUN, cli_environment
 from tests.probes import read_records, recorder_overrides
 from tests.probes_ranks import read_json
+from tests.probes_resume import scalar_steps
 
 INDEXED = ["model.num_classes=4"]  # conftest.indexed_root: 4 classes, 40 training images
 IMAGES, PER_RANK = 40, 4  # SMALL_RUN's global batch of 8 over two processes
@@ -202,7 +205,9 @@ def preempted_then_diverged(indexed_root, tmp_path_factory) -> Path:
         wait_for_group_to_end(run.pid, limit=60)
     (base / "output.txt").rename(base / "preempted.txt")
 
-    saved_epoch = torch.load(first / "checkpoints" / "last.ckpt", weights_only=False)["epoch"]
+    # The resume goes on in the same folder and writes its own last.ckpt: the stop's kept aside.
+    shutil.copy(first / "checkpoints" / "last.ckpt", base / "preempted.ckpt")
+    saved_epoch = torch.load(base / "preempted.ckpt", weights_only=False)["epoch"]
     (records / "exception_rank0.json").rename(records / "preempted_rank0.json")
     (records / "exception_rank1.json").rename(records / "preempted_rank1.json")
     command = train_command(
@@ -216,8 +221,7 @@ def preempted_then_diverged(indexed_root, tmp_path_factory) -> Path:
         *recorder_overrides(base / "batches" / "resumed"),
         *probe("nan", "NanInputOnRank", rank=1, epoch=saved_epoch + 1, batch=2),
         *probe("exceptions", "ExceptionRecorder", path=records),
-        f"ckpt_path={first}",
-        f"hydra.run.dir={base / 'outputs' / 'resumed'}",
+        f"ckpt_path={first}",  # and no hydra.run.dir: the run's own folder
     )
     with process_group(command, base, cli_environment()) as run:
         # Promptly: gloo's collective timeout, which a rank stopping alone would meet, is 30 min.
@@ -241,7 +245,7 @@ def test_sigterm_to_the_group_stops_both_ranks_at_one_step_and_spares_the_worker
     assert stops[0]["global_step"] == stops[1]["global_step"]  # the same step on both ranks
     stop = stops[0]
     assert stop["global_step"] == STEPS_PER_EPOCH * stop["epoch"] + stop["last_batch_idx"] + 1
-    saved = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    saved = torch.load(base / "preempted.ckpt", weights_only=False)
     assert (saved["epoch"], saved["global_step"]) == (stop["epoch"], stop["global_step"])
     assert "SIGTERM: wrote" in (run_dir / "train.log").read_text()
 
@@ -251,13 +255,15 @@ def test_sigterm_to_the_group_stops_both_ranks_at_one_step_and_spares_the_worker
         in (base / "preempted.txt").read_text()
     )
     assert (run_dir / "train_ddp_process_1.log").is_file()
-    assert len(list(run_dir.rglob("config.yaml"))) == 2  # .hydra/config.yaml and the resolved one
+    # The resume (both ranks) left no copy: .hydra/config.yaml and the resolved one.
+    assert len(list(run_dir.rglob("config.yaml"))) == 2
 
 
 @pytest.mark.slow
 def test_a_nan_on_one_rank_stops_every_rank_promptly_at_the_same_batch(preempted_then_diverged):
     base = preempted_then_diverged
-    assert sorted(p.name for p in (base / "outputs").iterdir()) == ["preempted", "resumed"]
+    # One run folder: the resume went on in the preempted run's.
+    assert sorted(p.name for p in (base / "outputs").iterdir()) == ["preempted"]
     assert (base / "resumed.status").read_text() != "0"
     epoch = read_json(base / "records", "preempted")[0]["epoch"] + 1
     step = STEPS_PER_EPOCH * epoch + 3  # batch 2 of the epoch, counting steps from 1
@@ -273,11 +279,30 @@ def test_a_nan_on_one_rank_stops_every_rank_promptly_at_the_same_batch(preempted
     assert stops[0]["message"] == stops[1]["message"]
 
     # The resumed run finished the preempted epoch and wrote its last.ckpt; the NaN wrote none.
-    resumed = base / "outputs" / "resumed"
+    resumed = base / "outputs" / "preempted"
     last = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=False)
     assert (last["epoch"], last["global_step"]) == (epoch - 1, STEPS_PER_EPOCH * epoch)
     assert all(torch.isfinite(value).all() for value in last["state_dict"].values())
     assert (resumed / "train_ddp_process_1.log").is_file()
+
+
+@pytest.mark.slow
+def test_a_ddp_resume_continues_the_run_in_its_folder_with_one_curve_per_tag(
+    preempted_then_diverged,
+):
+    base = preempted_then_diverged
+    run_dir = base / "outputs" / "preempted"
+    saved = torch.load(base / "preempted.ckpt", weights_only=False)
+    steps = scalar_steps(run_dir / "tensorboard", "train/loss")
+    assert steps == sorted(set(steps)), steps  # one series: no step twice, never back
+    assert steps[0] == 0 and steps[-1] > saved["global_step"]  # from both processes' parts
+    log = (run_dir / "train.log").read_text()
+    assert log.index("SIGTERM: wrote") < log.index(
+        f"resumed from epoch {saved['epoch']}, step {saved['global_step']}"
+    )
+    resumes = yaml.safe_load((run_dir / "config.yaml").read_text())["resumes"]
+    assert len(resumes) == 1 and "trainer.devices=2" in resumes[0]["command"]
+    assert resumes[0]["changed"]["trainer.log_every_n_steps"] == {"run": 1, "now": 2}
 
 
 def sampler_order(sampler: ResumableShuffleSampler, epoch: int) -> list[int]:
@@ -307,9 +332,7 @@ def test_a_run_preempted_mid_epoch_resumes_with_every_step_the_images_of_one_pro
     preempted_then_diverged,
 ):
     base = preempted_then_diverged
-    saved = torch.load(
-        base / "outputs" / "preempted" / "checkpoints" / "last.ckpt", weights_only=False
-    )
+    saved = torch.load(base / "preempted.ckpt", weights_only=False)
     seed = saved["ImageFolderDataModule"]["shuffle_seed"]  # the order the resumed run must keep
     assert seed == saved["config"]["seed"]
     epoch = saved["epoch"]

@@ -157,7 +157,7 @@ def test_without_tensorboard_its_views_say_so_once_and_the_wandb_run_is_closed(
     notes = [r.getMessage() for r in caplog.records if TENSORBOARD_NOTE in r.getMessage()]
     assert len(notes) == 1
     assert "InputSamples" in notes[0] and "Throughput" in notes[0]  # the views, by name
-    assert "(loggers: CSVLogger, WandbLogger)" in notes[0]
+    assert "(loggers: ContinuedCSVLogger, WandbLogger)" in notes[0]
     assert "logger=[tensorboard,csv]" in notes[0]  # how to turn them on
     assert not (tmp_path / "tensorboard").exists()
     # W&B keeps a run open per process: left open, the next job of a Hydra sweep (-m, the same

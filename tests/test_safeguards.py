@@ -223,8 +223,7 @@ def test_a_checkpoint_of_another_model_shape_is_rejected(
         f"data.root={image_root}",
         "model.groups=2",
         f"ckpt_path={trained_run / 'checkpoints' / 'last.ckpt'}",
-        f"hydra.run.dir={tmp_path / 'run'}",
         cwd=tmp_path,
     )
     assert result.returncode != 0
-    assert "was trained with model.groups=1 but this run has model.groups=2" in result.stderr
+    assert "  model.groups: the run has 1, this command 2\n" in result.stderr

@@ -1,9 +1,10 @@
 """SLURM preemption the cluster way, simulated on one machine: SIGUSR1 to every process of the job
-step, DataLoader workers included -> Lightning writes an HPC checkpoint and calls `scontrol
-requeue` -> the job is killed -> the same command starts again (as the requeued job does) and
-resumes by itself. The first job is a real process group (the signal must reach every process of
-it); the requeued one runs the same command line in the test process (run_in_process), which
-saves a fresh interpreter's imports."""
+step, DataLoader workers included -> the ranks agree at the next check batch (not inside the signal
+handler, as Lightning's own handler would), write an HPC checkpoint into the run folder there and
+call `scontrol requeue` -> the job is killed -> the same command starts again (as the requeued job
+does) and continues the same run in the same folder by itself. The first job is a real process
+group (the signal must reach every process of it); the requeued one runs the same command line in
+the test process (run_in_process), which saves a fresh interpreter's imports."""
 
 import json
 import os
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from tests.conftest import SMALL_RUN
 from tests.test_launchers import process_group, wait_for, wait_for_group_to_end
@@ -70,6 +72,10 @@ def test_sigusr1_to_the_job_step_checkpoints_requeues_and_the_requeued_job_resum
     assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", "4242"]
     hpc = torch.load(run_dir / "hpc_ckpt_1.ckpt", weights_only=False)
     assert hpc["global_step"] >= 5
+    log = (run_dir / "train.log").read_text()
+    # Written by StopTogether at a check batch, not by Lightning's handler inside the signal.
+    assert f"requeue signal: wrote {run_dir / 'hpc_ckpt_1.ckpt'}" in log
+    assert "Handling auto-requeue signal" not in (tmp_path / "output.txt").read_text()
 
     sigusr1_handler = signal.getsignal(signal.SIGUSR1)
     requeued = run_in_process(*arguments, cwd=tmp_path, env=env)  # SLURM's, the fake scontrol
@@ -80,3 +86,10 @@ def test_sigusr1_to_the_job_step_checkpoints_requeues_and_the_requeued_job_resum
     )
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["epochs_trained"] == 2
+    # The same run goes on in the same folder: its log continues, its config records the resume.
+    log = (run_dir / "train.log").read_text()
+    stop = f"epoch {hpc['epoch']}, step {hpc['global_step']}"
+    assert f"resumed from {stop} (checkpoint {run_dir / 'hpc_ckpt_1.ckpt'})" in log
+    resumes = yaml.safe_load((run_dir / "config.yaml").read_text())["resumes"]
+    assert [r["checkpoint"] for r in resumes] == [str(run_dir / "hpc_ckpt_1.ckpt")]
+    assert list((tmp_path / "outputs" / "slurm").iterdir()) == [run_dir]

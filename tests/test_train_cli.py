@@ -4,6 +4,7 @@ interpreter would only add its imports."""
 
 import io
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -120,15 +121,15 @@ STEPS_PER_EPOCH = 20 // 8  # image_root: 20 training images, batches of 8, the l
 
 @dataclass
 class ResumeChain:
-    """One short training and the runs that continue it, all from the same folder, whose outputs/
-    `ckpt_path=last` searches."""
+    """One short training and the commands that continue it, all in its run folder (`run`), run
+    from the folder whose outputs/ `ckpt_path=last` searches."""
 
-    first: Path  # 2 epochs from scratch (seed 7)
-    first_output: str  # what it printed
-    killed: Path  # resumed from first's last.ckpt in a subprocess, then kill -9 mid-run
+    run: Path  # the one run folder
+    first: Path  # a copy of what the first command left: metrics.json, last.ckpt, best_name
+    first_output: str  # what it printed (2 epochs from scratch, seed 7)
+    killed_at: dict  # the last.ckpt the kill -9 left: resumed from the first, killed mid-run
     killed_output: str  # what it printed before the kill
-    resumed: Path  # ckpt_path=last after the kill, up to the end of the epoch it was killed in
-    resumed_max_epochs: int
+    resumed_max_epochs: int  # ckpt_path=last after the kill, to the end of the epoch it was in
 
 
 def wait_for_epoch(checkpoint: Path, epoch: int, process: subprocess.Popen, limit: float = 240):
@@ -149,68 +150,70 @@ def resume_chain(image_root, tmp_path_factory) -> ResumeChain:
     outputs = work / "outputs"
     data = [*SMALL_RUN, f"data.root={image_root}"]
 
-    # The first and the last run in this process (a fresh interpreter would only add its imports),
-    # what they print kept as a terminal would show it.
-    first, first_output = outputs / "first", io.StringIO()
+    # The first and the last command in this process (a fresh interpreter would only add its
+    # imports), what they print kept as a terminal would show it.
+    run, first_output = outputs / "first", io.StringIO()
     with pytest.MonkeyPatch.context() as patch, redirect_stdout(first_output):
         with redirect_stderr(first_output):
-            arguments = [*data, "trainer.max_epochs=2", "seed=7", f"hydra.run.dir={first}"]
+            arguments = [*data, "trainer.max_epochs=2", "seed=7", f"hydra.run.dir={run}"]
             status = run_module_in_process("alexnet_pl.train", arguments, work, patch)
     assert status == 0, first_output.getvalue()[-6000:]
+    first = work / "first_command"  # the commands after it write into the same folder
+    first.mkdir()
+    shutil.copy(run / "metrics.json", first)
+    shutil.copy(run / "checkpoints" / "last.ckpt", first)
+    (best,) = (run / "checkpoints").glob("best-epoch*-val_top1_*.ckpt")
+    (first / "best_name").write_text(best.name)
 
-    # Resumed from first's last.ckpt with far more epochs than it trains before the kill, which
+    # Resumed from the run's last.ckpt with far more epochs than it trains before the kill, which
     # comes once it has written an epoch of its own (its first: epoch 2), in the next one.
-    killed, killed_output = outputs / "killed", work / "killed_output.txt"
+    killed_output = work / "killed_output.txt"
     with killed_output.open("w") as output:
         process = subprocess.Popen(
             [sys.executable, "-m", "alexnet_pl.train", *data, "trainer.max_epochs=100"]
-            + [f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}"]
-            + [f"hydra.run.dir={killed}"],
+            + [f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}"],
             cwd=work,
             env=cli_environment(),
             stdout=output,
             stderr=subprocess.STDOUT,
         )
         try:
-            wait_for_epoch(killed / "checkpoints" / "last.ckpt", 2, process)
+            wait_for_epoch(run / "checkpoints" / "last.ckpt", 2, process)
             process.send_signal(signal.SIGKILL)
         finally:
             process.kill()  # a no-op after the kill; stops it if the wait failed
             process.wait(timeout=30)
     assert process.returncode == -signal.SIGKILL, killed_output.read_text()[-3000:]
-    killed_at = torch.load(killed / "checkpoints" / "last.ckpt", weights_only=False)["epoch"]
+    killed_at = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
 
     # Epochs 0..killed_at are in its last.ckpt; the resume trains the one it was killed in.
-    max_epochs = killed_at + 2
+    max_epochs = killed_at["epoch"] + 2
     with pytest.MonkeyPatch.context() as patch:
-        resumed = outputs / "resumed"
         again = [*data, "ckpt_path=last", f"trainer.max_epochs={max_epochs}"]
-        again.append(f"hydra.run.dir={resumed}")
         assert run_module_in_process("alexnet_pl.train", again, work, patch) == 0
     return ResumeChain(
+        run=run,
         first=first,
         first_output=first_output.getvalue(),
-        killed=killed,
+        killed_at=killed_at,
         killed_output=killed_output.read_text(),
-        resumed=resumed,
         resumed_max_epochs=max_epochs,
     )
 
 
 @pytest.mark.slow
 def test_short_run_writes_metrics_and_checkpoints_then_resumes_at_the_next_epoch(resume_chain):
-    first = resume_chain.first
+    first, run = resume_chain.first, resume_chain.run
     metrics = json.loads((first / "metrics.json").read_text())
     for key in ("val/loss", "val/top1", "val/top5"):
         assert 0.0 <= metrics[key] <= (1.0 if key != "val/loss" else 100.0)
     assert metrics["epochs_trained"] == 2
     assert metrics["global_step"] == 2 * STEPS_PER_EPOCH
 
-    last = first / "checkpoints" / "last.ckpt"
-    best = list((first / "checkpoints").glob("best-epoch*-val_top1_*.ckpt"))
-    assert last.is_file() and len(best) == 1
+    last = run / "checkpoints" / "last.ckpt"
+    best = [run / "checkpoints" / (first / "best_name").read_text()]
     assert Path(metrics["best_checkpoint"]) == best[0]
-    checkpoint = torch.load(last, map_location="cpu", weights_only=False)
+    checkpoint = torch.load(first / "last.ckpt", map_location="cpu", weights_only=False)
     assert checkpoint["epoch"] == 1 and checkpoint["global_step"] == 2 * STEPS_PER_EPOCH
     assert checkpoint["config"]["seed"] == 7
     assert checkpoint["config"]["model"]["num_classes"] == 10
@@ -219,47 +222,50 @@ def test_short_run_writes_metrics_and_checkpoints_then_resumes_at_the_next_epoch
     assert "state" in checkpoint["optimizer_states"][0]  # the state, not a pickled optimizer
 
     assert "images/s=" in resume_chain.first_output  # the progress bar shows the speed
-    assert "finished:" in (first / "train.log").read_text()  # the closing summary
-    assert f"best checkpoint    {best[0]}" in (first / "train.log").read_text()
+    assert "finished:" in (run / "train.log").read_text()  # the closing summary
+    assert f"best checkpoint    {best[0]}" in (run / "train.log").read_text()
 
-    scalars = read_scalars(first / "tensorboard")
+    scalars = read_scalars(run / "tensorboard")
     assert {"train/loss", "train/top1", "train/top5", "val/loss", "val/top1", "val/top5"} <= scalars
     assert "train/lr" in scalars
 
     # The next run resumed from that last.ckpt (named as the file), and the one after it stopped
     # at the trainer.max_epochs it was given: the whole count, not epochs on top of the resumed.
     assert f"Restored all states from the checkpoint at {last}" in resume_chain.killed_output
-    resumed = torch.load(
-        resume_chain.resumed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False
-    )
+    resumed = torch.load(last, map_location="cpu", weights_only=False)
     epochs = resume_chain.resumed_max_epochs
     assert resumed["epoch"] == epochs - 1 and resumed["global_step"] == epochs * STEPS_PER_EPOCH
     assert resumed["lr_schedulers"][0]["last_epoch"] == epochs
-    assert json.loads((resume_chain.resumed / "metrics.json").read_text())["epochs_trained"] == (
-        epochs
-    )
+    assert json.loads((run / "metrics.json").read_text())["epochs_trained"] == epochs
 
 
 @pytest.mark.slow
 def test_kill_9_mid_run_then_ckpt_path_last_continues_at_the_right_epoch(resume_chain):
     # Killed while training the epoch after the one its last.ckpt holds; the file is whole.
-    killed_at = torch.load(resume_chain.killed / "checkpoints" / "last.ckpt", weights_only=False)
+    killed_at, run = resume_chain.killed_at, resume_chain.run
     assert killed_at["epoch"] >= 2
     assert killed_at["global_step"] == STEPS_PER_EPOCH * (killed_at["epoch"] + 1)
     assert killed_at["lr_schedulers"][0]["last_epoch"] == killed_at["epoch"] + 1
 
-    # ckpt_path=last found the killed run's last.ckpt (the newest) and went on from there: its
-    # first step is the one after the checkpoint's (a run started over would log from step 0).
-    events = EventAccumulator(str(resume_chain.resumed / "tensorboard"))
-    events.Reload()
-    logged = [event.step for event in events.Scalars("train/loss")]
-    assert logged and min(logged) >= killed_at["global_step"], logged
+    # ckpt_path=last found the run's last.ckpt (the newest) and went on from there, in the run's
+    # folder: one folder, and TensorBoard reads back one series over the three commands, every
+    # step once (the killed process's steps after its checkpoint are hidden, then logged again).
+    assert [p.name for p in run.parent.iterdir()] == ["first"]
     epochs = resume_chain.resumed_max_epochs
-    metrics = json.loads((resume_chain.resumed / "metrics.json").read_text())
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    assert [event.step for event in events.Scalars("train/loss")] == list(
+        range(epochs * STEPS_PER_EPOCH)
+    )
+    metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["epochs_trained"] == epochs
     assert metrics["global_step"] == epochs * STEPS_PER_EPOCH
-    final = torch.load(resume_chain.resumed / "checkpoints" / "last.ckpt", weights_only=False)
+    final = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
     assert final["lr_schedulers"][0]["last_epoch"] == epochs
+    # trainer.max_epochs grew from 2 to 100 under StepLR, whose length does not depend on it.
+    resumes = yaml.safe_load((run / "config.yaml").read_text())["resumes"]
+    assert resumes[0]["changed"]["trainer.max_epochs"] == {"run": 2, "now": 100}
+    assert len(list(run.rglob("overrides.yaml"))) == 1  # Hydra's record of the first command
 
 
 @pytest.mark.slow
