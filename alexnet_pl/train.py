@@ -37,15 +37,11 @@ def train(cfg: DictConfig) -> pl.Trainer:
         preflight.check_checkpoint_fits_model(cfg.ckpt_path, cfg.model)
     run_config = OmegaConf.to_container(cfg, resolve=True)  # num_classes and seed as used
 
-    module = AlexNetModule(
-        network=instantiate(cfg.model),
-        optimizer=instantiate(cfg.optimizer),
-        scheduler=instantiate(cfg.scheduler),
-        scheduler_monitor=cfg.scheduler_monitor,
-        channels_last=cfg.channels_last,
-        compile=OmegaConf.to_container(cfg.compile) if cfg.compile is not None else None,
-        run_config=run_config,
-    )
+    # Network, loss, optimizer and schedule from the `module` node (conf/train.yaml). The config
+    # it stores in checkpoints is set afterwards: passed to instantiate, its `_target_`s would be
+    # built too.
+    module: AlexNetModule = instantiate(cfg.module)
+    module.run_config = run_config
     callbacks = [instantiate(callback) for callback in cfg.callbacks.values()]
     callbacks += [ConfigToLoggers(run_config), HParamsWithMetrics(run_config)]
     callbacks.append(PlateauStepInCheckpoint())  # resumes keep ReduceLROnPlateau's every step
