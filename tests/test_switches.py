@@ -20,7 +20,7 @@ from alexnet_pl.data.batched_crops import crop_batch
 from alexnet_pl.data.image_folder import ImageFolderDataset
 from alexnet_pl.data.preprocessing import Preprocessing
 from alexnet_pl.data.random_resized_crop import RandomResizedCropFlip
-from alexnet_pl.data.transforms import ResizeTenCrop
+from alexnet_pl.data.transforms import CropWindow, ResizeTenCrop, View
 from alexnet_pl.lrn import LocalResponseNorm
 from alexnet_pl.network import AlexNet
 from alexnet_pl.train import train
@@ -301,3 +301,21 @@ def test_checkpoints_from_before_the_switches_still_load(tmp_path):
     batch = torch.randn(2, 3, 67, 67)
     with torch.no_grad():
         assert torch.equal(model.network(batch), network.eval()(batch))
+
+
+class TopLeftCrop(View):
+    """A new view in a few lines: where its crop lies, nothing else."""
+
+    def __init__(self, preprocessing: Preprocessing) -> None:
+        self.preprocessing = preprocessing
+
+    def window(self, height: int, width: int) -> CropWindow:
+        return CropWindow(0.0, 0.0, 1.0, 1.0, False, self.crop)
+
+
+def test_a_view_that_only_places_its_crop_serves_every_decoder(image_root):
+    view = TopLeftCrop(Preprocessing(72, 67))
+    image = torch.randint(0, 256, (3, 80, 90), dtype=torch.uint8)
+    assert torch.equal(view(image), image[:, :67, :67])  # the CPU decoders, through window()
+    dataset = ImageFolderDataset(str(image_root / "val"), view, decode="gpu")
+    assert dataset[0][0].window == CropWindow(0.0, 0.0, 1.0, 1.0, False, 67)
