@@ -16,13 +16,22 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from hydra.utils import get_object
-from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler, SequentialLR
+from torch.optim.lr_scheduler import (
+    CosineAnnealingLR,
+    LinearLR,
+    LRScheduler,
+    ReduceLROnPlateau,
+    SequentialLR,
+)
 
 INTERVALS = ("epoch", "step")
 RUN_LENGTH = ("epochs", "steps_per_epoch")  # filled in by LRSchedule where a schedule asks
 
 
 class LRSchedule:
+    """`kind` (a class or function of the optimizer, or its import path), when Lightning steps it,
+    and its arguments; build() makes the scheduler once the optimizer and the run's length exist."""
+
     def __init__(self, kind: str | Callable, interval: str = "epoch", **arguments: Any) -> None:
         if interval not in INTERVALS:
             raise ValueError(
@@ -37,6 +46,11 @@ class LRSchedule:
                     f"scheduler.kind={kind!r} cannot be imported ({error}); name a class such as "
                     "torch.optim.lr_scheduler.StepLR"
                 ) from None
+        if interval == "step" and kind is ReduceLROnPlateau:
+            raise ValueError(
+                "scheduler.interval=step with ReduceLROnPlateau: it watches a validation metric, "
+                "which exists once per epoch; use scheduler.interval=epoch"
+            )
         self.kind, self.interval, self.arguments = kind, interval, arguments
 
     @property

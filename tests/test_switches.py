@@ -213,6 +213,8 @@ def test_cosine_schedule_warms_up_then_falls_to_zero():
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-9)
     with pytest.raises(ValueError, match="scheduler.interval='batch'"):
         LRSchedule("torch.optim.lr_scheduler.StepLR", "batch", step_size=1)
+    with pytest.raises(ValueError, match="use scheduler.interval=epoch"):
+        LRSchedule("torch.optim.lr_scheduler.ReduceLROnPlateau", "step")
 
 
 @pytest.fixture(scope="module")
