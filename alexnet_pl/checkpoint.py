@@ -17,6 +17,7 @@ import torch
 from hydra.utils import instantiate
 from torch import nn
 
+from alexnet_pl.data.preprocessing import Preprocessing
 from alexnet_pl.lrn import LocalResponseNorm
 
 NETWORK_PREFIX = "network."  # AlexNetModule keeps the network under self.network
@@ -41,10 +42,7 @@ class UnsafeCheckpointError(ValueError):
 class TrainedModel:
     network: nn.Module
     class_names: list[str]
-    resize: int | None  # shorter side before the crop; None: the notebook's crop without resize
-    crop: int
-    mean: list[float]
-    std: list[float]
+    preprocessing: Preprocessing  # what an image must look like for the network
     config: dict[str, Any]
 
 
@@ -115,6 +113,8 @@ def network_weights(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
 def trained_model_from(checkpoint: dict[str, Any], path: str | Path) -> TrainedModel:
     """The network in eval mode with its weights, and what the data must look like for it."""
     config = checkpoint["config"]
+    # Keys a checkpoint's config lacks (written before an option existed) take AlexNet's
+    # defaults, which are the paper's and what those checkpoints were trained with.
     network = instantiate(config["model"])
     if checkpoint_format(checkpoint) == 1:
         # Format 1 normalised across the towers: give it back the network it was trained as. At
@@ -127,14 +127,10 @@ def trained_model_from(checkpoint: dict[str, Any], path: str | Path) -> TrainedM
     except RuntimeError as error:
         message = f"checkpoint {path} does not match its own model config: {error}"
         raise ValueError(message) from error
-    transforms = config["transforms"]
     return TrainedModel(
         network=network.eval(),
         class_names=list(checkpoint["class_names"]),
-        resize=transforms.get("resize"),
-        crop=transforms["crop"],
-        mean=list(transforms["mean"]),
-        std=list(transforms["std"]),
+        preprocessing=Preprocessing.from_config(config["transforms"]),
         config=config,
     )
 

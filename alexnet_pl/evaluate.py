@@ -116,11 +116,9 @@ def validation_images(model: TrainedModel, root: Path) -> ImageFolderDataset:
             f"the classes in {val_dir} differ from those the checkpoint was trained on: only in "
             f"the folder: {only_found}; only in the checkpoint: {only_saved}"
         )
-    # The decoder and views training validated with, so the centre crop sees the same pixels.
-    # transforms.square: corners from the central square (the paper); absent in checkpoints made
-    # before it existed, which were trained on crops from the whole rectangle.
-    square = model.config["transforms"].get("square", False)
-    ten_crop = ResizeTenCrop(model.resize, model.crop, square=square)
+    # The decoder and preprocessing training validated with, so the centre crop sees the same
+    # pixels; the corners from the central square or the whole rectangle as training's crops.
+    ten_crop = ResizeTenCrop(model.preprocessing)
     return ImageFolderDataset(str(val_dir), ten_crop, decode="cpu")
 
 
@@ -185,7 +183,7 @@ def evaluate(cfg: DictConfig) -> dict:
         pin_memory=torch.accelerator.is_available(),
         collate_fn=collate_skipping_bad,
     )
-    to_float = ToNormalizedFloat(model.mean, model.std)
+    to_float = ToNormalizedFloat(model.preprocessing.mean, model.preprocessing.std)
     evaluation = TenCropEvaluation(model.network, len(model.class_names), to_float)
     trainer.test(evaluation, dataloaders=loader, verbose=False)
     results = {"checkpoint": str(cfg.ckpt_path), "data_root": str(root), **evaluation.results}

@@ -1,8 +1,9 @@
 """Export a checkpoint for serving: `python -m alexnet_pl.export <ckpt> --format onnx|pt2`.
 
 The exported model takes a normalised float batch of shape (N, 3, crop, crop) and returns logits.
-The file records what a caller needs to prepare that batch and read the answer: class names, the
-resize, crop, mean and std (ONNX metadata_props, or an extra file in the torch.export archive).
+The file records what a caller needs to prepare that batch and read the answer: class names and
+the preprocessing: resize, crop, square, mean and std (ONNX metadata_props, or an extra file in
+the torch.export archive).
 """
 
 import argparse
@@ -21,10 +22,7 @@ def preprocessing_metadata(model: TrainedModel) -> str:
     return json.dumps(
         {
             "class_names": model.class_names,
-            "resize": model.resize,
-            "crop": model.crop,
-            "mean": model.mean,
-            "std": model.std,
+            **model.preprocessing.as_dict(),  # resize, crop, square, mean, std
             "input": "float32 RGB batch (N, 3, crop, crop), normalised with mean and std",
             "output": "logits (N, classes); softmax gives probabilities",
         }
@@ -32,7 +30,8 @@ def preprocessing_metadata(model: TrainedModel) -> str:
 
 
 def example_batch(model: TrainedModel) -> torch.Tensor:
-    return torch.zeros(2, 3, model.crop, model.crop)
+    crop = model.preprocessing.crop
+    return torch.zeros(2, 3, crop, crop)
 
 
 def batch_dimension() -> dict:

@@ -1,4 +1,8 @@
-"""The LightningModule: AlexNet, its loss and metrics, its optimizer and LR schedule."""
+"""The LightningModule: AlexNet, its loss and metrics, its optimizer and LR schedule.
+
+Built from config by one instantiate of the `module` node (conf/train.yaml), whose fields are the
+`model`, `loss`, `optimizer` and `scheduler` groups: a new module-level setting is a config key.
+"""
 
 from collections.abc import Callable
 from typing import Any
@@ -10,6 +14,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from alexnet_pl.checkpoint import CURRENT_FORMAT, FORMAT_KEY
+from alexnet_pl.schedules import LRSchedule, optimizer_steps_per_epoch
 from alexnet_pl.step_cadence import forget_check_values, is_check_batch, log_check_values
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]  # a functools.partial from Hydra
@@ -41,7 +46,8 @@ class AlexNetModule(pl.LightningModule):
         self,
         network: nn.Module,
         optimizer: OptimizerFactory,
-        scheduler: SchedulerFactory,
+        scheduler: LRSchedule | SchedulerFactory,
+        loss: nn.Module | None = None,
         scheduler_monitor: str = "val/loss",
         channels_last: bool = False,
         compile: dict[str, Any] | None = None,
@@ -60,9 +66,12 @@ class AlexNetModule(pl.LightningModule):
             "max-autotune",
         )
         self.optimizer_factory = optimizer
-        self.scheduler_factory = scheduler
+        # A plain factory (optimizer -> scheduler) is stepped after every epoch.
+        self.schedule = scheduler if isinstance(scheduler, LRSchedule) else LRSchedule(scheduler)
         self.scheduler_monitor = scheduler_monitor
-        self.loss = nn.CrossEntropyLoss()
+        # The training loss (conf/loss: cross entropy, label_smoothing 0.0 as in the paper).
+        # Validation always reports plain cross entropy, so runs with any loss compare.
+        self.loss = nn.CrossEntropyLoss() if loss is None else loss
         num_classes = self.num_classes
         self.top_k = min(5, num_classes)  # top-5 of fewer than five classes is top-all
         # Training metrics: every step adds its loss sum, top-1 and top-5 hits and image count to
@@ -167,13 +176,16 @@ class AlexNetModule(pl.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = self.optimizer_factory(self.parameters())
+        epochs, steps_per_epoch = max(self.trainer.max_epochs or 1, 1), 1
+        if self.schedule.needs_run_length:  # only then: counting may read the data's size
+            steps_per_epoch = optimizer_steps_per_epoch(self.trainer)
         return {
             "optimizer": optimizer,
-            # Lightning steps the scheduler once per epoch, after that epoch's optimizer steps
-            # (the notebook stepped it before them, skipping the first learning rate).
+            # Lightning steps the scheduler after each epoch's (or step's) optimizer steps (the
+            # notebook stepped it before them, skipping the first learning rate).
             "lr_scheduler": {
-                "scheduler": self.scheduler_factory(optimizer),
-                "interval": "epoch",
+                "scheduler": self.schedule.build(optimizer, epochs, steps_per_epoch),
+                "interval": self.schedule.interval,
                 "monitor": self.scheduler_monitor,  # read only by ReduceLROnPlateau
                 "name": "train/lr",  # the key LearningRateMonitor logs it under
             },

@@ -10,7 +10,7 @@ import logging
 import math
 import time
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import pytorch_lightning as pl
@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 from torchvision.utils import make_grid
 
+from alexnet_pl.data.preprocessing import Preprocessing
 from alexnet_pl.run_record import FINAL_METRICS
 from alexnet_pl.step_cadence import forget_check_values, is_check_batch, log_check_values
 
@@ -218,12 +219,11 @@ class FirstLayerKernels(pl.Callback):
 
 class InputSamples(pl.Callback):
     """inputs/train: the first `count` images of the run's first training batch, as the network
-    sees them after augmentation, de-normalised with the DataModule's mean and std."""
+    sees them after augmentation, de-normalised with the preprocessing's mean and std."""
 
-    def __init__(self, mean: Sequence[float], std: Sequence[float], count: int = 16) -> None:
-        # list(): Hydra hands over ListConfig, which torch.tensor does not take.
-        self.mean = torch.tensor(list(mean)).view(-1, 1, 1)
-        self.std = torch.tensor(list(std)).view(-1, 1, 1)
+    def __init__(self, preprocessing: Preprocessing, count: int = 16) -> None:
+        self.mean = torch.tensor(preprocessing.mean).view(-1, 1, 1)
+        self.std = torch.tensor(preprocessing.std).view(-1, 1, 1)
         self.count = count
         self.done = False
 

@@ -46,8 +46,8 @@ class CentreCropInput:
     """The decoder, view and normalisation that training validated with, for one file."""
 
     def __init__(self, model: TrainedModel) -> None:
-        self.view = ResizeCenterCrop(model.resize, model.crop)
-        self.to_float = ToNormalizedFloat(model.mean, model.std)
+        self.view = ResizeCenterCrop(model.preprocessing)
+        self.to_float = ToNormalizedFloat(model.preprocessing.mean, model.preprocessing.std)
 
     def __call__(self, path: Path) -> torch.Tensor:
         return self.to_float(self.view(decode_on_cpu(str(path)))[None])

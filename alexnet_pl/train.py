@@ -36,17 +36,15 @@ def train(cfg: DictConfig) -> pl.Trainer:
         cfg.model.num_classes = len(datamodule.read_class_names())
     cfg.init_from = preflight.resolve_resume_path(cfg.init_from)  # the file, in the record
     run_config = OmegaConf.to_container(cfg, resolve=True)  # num_classes and seed as used
+    # The `module` node only gathers model, loss, optimizer and scheduler: recorded once, there.
+    run_config.pop("module", None)
     changes = resume.check_same_run(cfg, run_config, resumed)  # a changed recipe stops here
 
-    module = AlexNetModule(
-        network=instantiate(cfg.model),
-        optimizer=instantiate(cfg.optimizer),
-        scheduler=instantiate(cfg.scheduler),
-        scheduler_monitor=cfg.scheduler_monitor,
-        channels_last=cfg.channels_last,
-        compile=OmegaConf.to_container(cfg.compile) if cfg.compile is not None else None,
-        run_config=run_config,
-    )
+    # Network, loss, optimizer and schedule from the `module` node (conf/train.yaml). The config
+    # it stores in checkpoints is set afterwards: passed to instantiate, its `_target_`s would be
+    # built too.
+    module: AlexNetModule = instantiate(cfg.module)
+    module.run_config = run_config
     resume.load_initial_weights(module.network, cfg.init_from)  # init_from: weights, a new run
     callbacks = [instantiate(callback) for callback in cfg.callbacks.values()]
     callbacks += [ConfigToLoggers(run_config), HParamsWithMetrics(run_config)]

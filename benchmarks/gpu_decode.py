@@ -28,6 +28,7 @@ from alexnet_pl.data import decoding  # noqa: E402
 from alexnet_pl.data.decoding import decode_to_crops  # noqa: E402
 from alexnet_pl.data.device_prefetch import DecodingAheadLoader  # noqa: E402
 from alexnet_pl.data.image_folder import ImageFolderDataset, collate_skipping_bad  # noqa: E402
+from alexnet_pl.data.preprocessing import Preprocessing  # noqa: E402
 from alexnet_pl.data.transforms import ResizeRandomCropFlip, ToNormalizedFloat  # noqa: E402
 
 BATCH, RESIZE, CROP = 128, 256, 227
@@ -124,7 +125,7 @@ def main() -> None:
 
     root = generate(args.cache / f"gpu-decode-{args.images}", args.images, os.cpu_count() or 2)
     train = root / "train"
-    view = ResizeRandomCropFlip(RESIZE, CROP)
+    view = ResizeRandomCropFlip(Preprocessing(RESIZE, CROP))
     to_float = ToNormalizedFloat(MEAN, STD, lighting_std=0.1)
     dataset = ImageFolderDataset(str(train), view, decode="gpu")
     torch.manual_seed(0)

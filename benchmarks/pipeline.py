@@ -25,6 +25,7 @@ from torchvision.datasets import ImageFolder
 
 from alexnet_pl.data import decoding
 from alexnet_pl.data.image_folder import ImageFolderDataset, collate_skipping_bad
+from alexnet_pl.data.preprocessing import Preprocessing
 from alexnet_pl.data.transforms import ResizeRandomCropFlip, ToNormalizedFloat
 from alexnet_pl.resized_copy import make_resized_copy
 
@@ -74,7 +75,9 @@ def baseline(root: Path) -> ImageFolder:
 
 
 def ours(root: Path, decode: str) -> ImageFolderDataset:
-    return ImageFolderDataset(str(root / "train"), ResizeRandomCropFlip(RESIZE, CROP), decode)
+    return ImageFolderDataset(
+        str(root / "train"), ResizeRandomCropFlip(Preprocessing(RESIZE, CROP)), decode
+    )
 
 
 def loadable_codecs() -> list[decoding.JpegCodec]:

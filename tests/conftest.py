@@ -21,6 +21,7 @@ from PIL import Image
 
 from alexnet_pl.data.datamodule import ImageFolderDataModule
 from alexnet_pl.data.demo_data import SHAPES, generate_demo_dataset
+from alexnet_pl.data.preprocessing import Preprocessing
 from alexnet_pl.data.transforms import ResizeCenterCrop, ResizeRandomCropFlip, ToNormalizedFloat
 from tests.probes import colour_of_index
 
@@ -49,8 +50,8 @@ def small_datamodule(root: Path, batch_size: int = 4, decode: str = "cpu") -> Im
     """The DataModule with the paper's views at 72/67 px, in the main process."""
     return ImageFolderDataModule(
         root=str(root),
-        train_transform=ResizeRandomCropFlip(resize=72, crop=67),
-        val_transform=ResizeCenterCrop(resize=72, crop=67),
+        train_transform=ResizeRandomCropFlip(Preprocessing(resize=72, crop=67)),
+        val_transform=ResizeCenterCrop(Preprocessing(resize=72, crop=67)),
         train_batch_transform=ToNormalizedFloat([0.5] * 3, [0.5] * 3, lighting_std=0.1),
         val_batch_transform=ToNormalizedFloat([0.5] * 3, [0.5] * 3),
         decode=decode,

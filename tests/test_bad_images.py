@@ -10,6 +10,7 @@ from PIL import Image
 
 from alexnet_pl.data.bad_images import BadImage
 from alexnet_pl.data.image_folder import ImageFolderDataset, collate_skipping_bad
+from alexnet_pl.data.preprocessing import Preprocessing
 from alexnet_pl.data.transforms import ResizeCenterCrop
 from tests.conftest import SMALL_RUN
 
@@ -40,7 +41,9 @@ def messy_root(image_root: Path, tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("decode", ["cpu", "pil"])
 def test_odd_files_load_and_broken_ones_become_bad_images(messy_root, decode):
-    dataset = ImageFolderDataset(str(messy_root / "train"), ResizeCenterCrop(72, 67), decode)
+    dataset = ImageFolderDataset(
+        str(messy_root / "train"), ResizeCenterCrop(Preprocessing(72, 67)), decode
+    )
     results = {Path(dataset.index.path(i)).name: dataset[i] for i in range(len(dataset))}
     assert {name for name, item in results.items() if isinstance(item, BadImage)} == BROKEN
     for name in ODD_BUT_FINE:

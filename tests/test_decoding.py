@@ -15,6 +15,7 @@ from torchvision.transforms.v2 import Lambda
 from alexnet_pl.data.bad_images import BadImageError
 from alexnet_pl.data.decoding import decode_to_crops, jpeg_components, jpeg_header, read_encoded
 from alexnet_pl.data.image_folder import ImageFolderDataset, ImageIndex, collate_skipping_bad
+from alexnet_pl.data.preprocessing import Preprocessing
 from alexnet_pl.data.transforms import ResizeCenterCrop
 from tests.conftest import small_datamodule
 
@@ -94,7 +95,7 @@ def test_cpu_and_gpu_decoders_see_the_pixels_pil_sees(image_root):
 def test_gpu_decode_leaves_bytes_to_the_device_except_for_files_nvjpeg_gets_wrong(
     colour_coded_root,
 ):
-    view = ResizeCenterCrop(72, 67)
+    view = ResizeCenterCrop(Preprocessing(72, 67))
     train = colour_coded_root / "train"
     dataset = ImageFolderDataset(str(train), view, decode="gpu")
     items = {dataset.index.path(i): dataset[i][0] for i in range(len(dataset))}
@@ -113,7 +114,7 @@ def test_gpu_decode_needs_a_view_that_can_place_its_crop_before_decoding(colour_
 
 
 def test_a_gpu_batch_travels_as_one_buffer_and_keeps_its_order(colour_coded_root):
-    view = ResizeCenterCrop(72, 67)
+    view = ResizeCenterCrop(Preprocessing(72, 67))
     dataset = ImageFolderDataset(str(colour_coded_root / "train"), view, decode="gpu")
     samples = [dataset[i] for i in range(len(dataset))]  # class_2 holds the PNG and the CMYK
     encoded, labels, bad = collate_skipping_bad(samples)
@@ -180,4 +181,6 @@ def test_jpeg_header_tells_size_and_grey_colour_and_cmyk_apart(tmp_path):
 
 def test_unknown_decoder_is_rejected_with_the_choices(image_root):
     with pytest.raises(ValueError, match="data.decode=nvjpeg .* pil, cpu, gpu"):
-        ImageFolderDataset(str(image_root / "val"), ResizeCenterCrop(72, 67), decode="nvjpeg")
+        ImageFolderDataset(
+            str(image_root / "val"), ResizeCenterCrop(Preprocessing(72, 67)), decode="nvjpeg"
+        )

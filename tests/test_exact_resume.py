@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from alexnet_pl.data.datamodule import ImageFolderDataModule
+from alexnet_pl.data.preprocessing import Preprocessing
 from alexnet_pl.data.transforms import ResizeCenterCrop, ResizeRandomCropFlip, ToNormalizedFloat
 from alexnet_pl.exact_resume import PlateauStepInCheckpoint
 from tests.conftest import SMALL_RUN, run_module_in_process
@@ -115,8 +116,8 @@ def fit_tiny(
         pl.seed_everything(seed)
         datamodule = ImageFolderDataModule(
             str(root),
-            ResizeRandomCropFlip(72, 67),
-            ResizeCenterCrop(72, 67),
+            ResizeRandomCropFlip(Preprocessing(72, 67)),
+            ResizeCenterCrop(Preprocessing(72, 67)),
             ToNormalizedFloat(MEAN, STD),  # no lighting: the colours must stay readable
             ToNormalizedFloat(MEAN, STD),
             decode=decode,

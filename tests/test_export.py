@@ -32,7 +32,8 @@ def test_onnx_export_gives_the_same_logits_and_records_the_preprocessing(
     checkpoint = trained_run / "checkpoints" / "last.ckpt"
     export(checkpoint, "onnx", tmp_path / "alexnet.onnx")
     model = load_trained_model(checkpoint)
-    batch = torch.randn(3, 3, model.crop, model.crop)  # a batch size other than the example's
+    crop = model.preprocessing.crop
+    batch = torch.randn(3, 3, crop, crop)  # a batch size other than the example's
     with torch.no_grad():
         expected = model.network(batch).numpy()
     session = onnxruntime.InferenceSession(str(tmp_path / "alexnet.onnx"))
@@ -44,7 +45,12 @@ def test_onnx_export_gives_the_same_logits_and_records_the_preprocessing(
     recorded = json.loads(props[METADATA_KEY])
     assert recorded["class_names"] == model.class_names
     assert (recorded["crop"], recorded["resize"]) == (67, 72)
-    assert recorded["mean"] == model.mean and recorded["std"] == model.std
+    assert recorded == {
+        "class_names": model.class_names,
+        **model.preprocessing.as_dict(),
+        "input": recorded["input"],
+        "output": recorded["output"],
+    }
     assert not list(tmp_path.glob("*.partial*"))
 
 
@@ -55,7 +61,7 @@ def test_torch_export_program_gives_the_same_logits(trained_run, tmp_path, expor
     model = load_trained_model(checkpoint)
     extra = {METADATA_KEY: ""}
     program = torch.export.load(str(tmp_path / "alexnet.pt2"), extra_files=extra)
-    batch = torch.randn(4, 3, model.crop, model.crop)
+    batch = torch.randn(4, 3, model.preprocessing.crop, model.preprocessing.crop)
     with torch.no_grad():
         assert torch.allclose(program.module()(batch), model.network(batch), atol=1e-5)
     assert json.loads(extra[METADATA_KEY])["class_names"] == model.class_names

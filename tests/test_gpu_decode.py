@@ -22,6 +22,8 @@ from alexnet_pl.data.datamodule import ImageFolderDataModule
 from alexnet_pl.data.decoding import decode_to_crops
 from alexnet_pl.data.device_prefetch import DecodingAheadLoader
 from alexnet_pl.data.image_folder import ImageFolderDataset, collate_skipping_bad
+from alexnet_pl.data.preprocessing import Preprocessing
+from alexnet_pl.data.random_resized_crop import RandomResizedCropFlip
 from alexnet_pl.data.transforms import (
     Placement,
     ResizeCenterCrop,
@@ -63,10 +65,19 @@ def views_and_windows(view, images: list[torch.Tensor]) -> tuple[list, torch.Ten
 @pytest.mark.parametrize(
     ("view", "dtype"),
     [
-        (ResizeRandomCropFlip(256, 227), torch.float32),  # the paper's, from the central square
-        (ResizeRandomCropFlip(256, 227, square=False), torch.float16),  # the GPU's arithmetic
-        (ResizeCenterCrop(256, 227), torch.float32),
-        (ResizeCenterCrop(None, 227), torch.float32),  # the notebook's: pads with black
+        (
+            ResizeRandomCropFlip(Preprocessing(256, 227)),
+            torch.float32,
+        ),  # the paper's, from the central square
+        (
+            ResizeRandomCropFlip(Preprocessing(256, 227, square=False)),
+            torch.float16,
+        ),  # the GPU's arithmetic
+        (ResizeCenterCrop(Preprocessing(256, 227)), torch.float32),
+        (
+            ResizeCenterCrop(Preprocessing(None, 227)),
+            torch.float32,
+        ),  # the notebook's: pads with black
     ],
     ids=["paper", "rectangle-float16", "centre", "notebook"],
 )
@@ -210,7 +221,14 @@ def photo_jpegs(root: Path, sizes: list[tuple[int, int]]) -> Path:
 
 
 @CUDA
-@pytest.mark.parametrize("view", [ResizeRandomCropFlip(256, 227), ResizeCenterCrop(256, 227)])
+@pytest.mark.parametrize(
+    "view",
+    [
+        ResizeRandomCropFlip(Preprocessing(256, 227)),
+        ResizeCenterCrop(Preprocessing(256, 227)),
+        RandomResizedCropFlip(Preprocessing(256, 227)),  # transforms=rrc: CPU and GPU, one window
+    ],
+)
 def test_cuda_crops_match_the_cpu_path(tmp_path, view):
     root = photo_jpegs(tmp_path, SIZES * 4)
     dataset = ImageFolderDataset(str(root / "train"), view, decode="gpu")
@@ -234,8 +252,8 @@ def test_a_damaged_jpeg_in_a_cuda_batch_is_skipped_and_reported(tmp_path):
     damaged.write_bytes((root / "val" / "a" / "0.JPEG").read_bytes()[:400])
     datamodule = ImageFolderDataModule(
         str(root),
-        ResizeRandomCropFlip(256, 227),
-        ResizeCenterCrop(256, 227),
+        ResizeRandomCropFlip(Preprocessing(256, 227)),
+        ResizeCenterCrop(Preprocessing(256, 227)),
         ToNormalizedFloat([0.5] * 3, [0.5] * 3),
         ToNormalizedFloat([0.5] * 3, [0.5] * 3),
         decode="gpu",

@@ -16,6 +16,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from alexnet_pl import safeguards
+from alexnet_pl.data.preprocessing import Preprocessing
 from alexnet_pl.module import AlexNetModule
 from alexnet_pl.monitoring import InputSamples
 from alexnet_pl.safeguards import AtomicCheckpointIO, StopTogether
@@ -181,7 +182,7 @@ def test_a_batch_without_one_decodable_image_is_skipped(image_root, compose_conf
 
 
 def test_the_input_samples_view_waits_for_a_batch_with_images(tmp_path):
-    samples = InputSamples(mean=[0.5] * 3, std=[0.5] * 3, count=2)
+    samples = InputSamples(Preprocessing(72, 67, mean=[0.5] * 3, std=[0.5] * 3), count=2)
     logger = TensorBoardLogger(str(tmp_path))
     trainer = SimpleNamespace(is_global_zero=True, loggers=[logger], global_step=0)
     samples.on_train_batch_start(trainer, None, (None, None), 0)  # every image undecodable

@@ -32,7 +32,7 @@ def test_fast_dev_run_in_process_trains_one_batch(compose_config, image_root, tm
 def test_default_config_is_the_notebooks_recipe(compose_config):
     cfg = compose_config()
     assert cfg.optimizer._target_ == "torch.optim.Adam" and cfg.optimizer.lr == 1e-4
-    assert cfg.scheduler._target_ == "torch.optim.lr_scheduler.StepLR"
+    assert cfg.scheduler.kind == "torch.optim.lr_scheduler.StepLR"
     assert (cfg.scheduler.step_size, cfg.scheduler.gamma) == (30, 0.1)
     assert (cfg.data.batch_size, cfg.transforms.crop, cfg.trainer.max_epochs) == (128, 227, 90)
     assert cfg.data.root.endswith("alexnet_data_in/imagenet") or cfg.data.root
@@ -46,7 +46,7 @@ def test_paper_experiment_switches_to_sgd_plateau_and_two_towers(compose_config)
         0.9,
         5e-4,
     )
-    assert cfg.scheduler._target_ == "torch.optim.lr_scheduler.ReduceLROnPlateau"
+    assert cfg.scheduler.kind == "torch.optim.lr_scheduler.ReduceLROnPlateau"
     assert cfg.scheduler.factor == 0.1
     assert cfg.model.groups == 2
 

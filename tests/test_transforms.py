@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from alexnet_pl.checkpoint import TrainedModel
+from alexnet_pl.data.preprocessing import Preprocessing
 from alexnet_pl.data.transforms import (
     ResizeCenterCrop,
     ResizeRandomCropFlip,
@@ -28,13 +29,16 @@ def black_with_white_square(width: int, height: int, half_side: int = 20) -> tor
 
 @pytest.mark.parametrize("size", [(500, 375), (375, 500), (120, 80), (341, 256)])
 def test_paper_train_view_gives_a_uint8_227_crop_of_any_image(size):
-    view = ResizeRandomCropFlip(resize=256, crop=227)(noise_image(*size))
+    view = ResizeRandomCropFlip(Preprocessing(resize=256, crop=227))(noise_image(*size))
     assert view.shape == (3, 227, 227) and view.dtype == torch.uint8
 
 
 def test_paper_train_view_is_random_and_the_val_view_is_not():
     image = noise_image(400, 300)
-    train, val = ResizeRandomCropFlip(256, 227), ResizeCenterCrop(256, 227)
+    train, val = (
+        ResizeRandomCropFlip(Preprocessing(256, 227)),
+        ResizeCenterCrop(Preprocessing(256, 227)),
+    )
     assert not torch.equal(train(image), train(image))
     assert torch.equal(val(image), val(image))
 
@@ -45,7 +49,7 @@ def test_train_view_of_an_image_already_at_the_resize_is_a_crop_of_its_pixels():
     rows = torch.arange(256).view(256, 1).expand(256, 300)
     columns = torch.arange(300).view(1, 300).expand(256, 300) % 256
     image = torch.stack([rows, columns, rows]).to(torch.uint8)
-    view = ResizeRandomCropFlip(256, 227)(image)
+    view = ResizeRandomCropFlip(Preprocessing(256, 227))(image)
     top = int(view[0, 0, 0])
     assert torch.equal(view[0, :, 0], torch.arange(top, top + 227).to(torch.uint8))
     steps = view[1, 0, 1:].int() - view[1, 0, :-1].int()
@@ -53,16 +57,16 @@ def test_train_view_of_an_image_already_at_the_resize_is_a_crop_of_its_pixels():
 
 
 def test_val_view_takes_the_centre_of_the_resized_image():
-    view = ResizeCenterCrop(resize=256, crop=227)(black_with_white_square(512, 256))
+    view = ResizeCenterCrop(Preprocessing(resize=256, crop=227))(black_with_white_square(512, 256))
     assert view[:, 113, 113].tolist() == [255, 255, 255]
     assert view[:, 0, 0].tolist() == [0, 0, 0]
 
 
 def test_ten_crop_view_holds_the_centre_view_at_index_4_and_mirrors_after_it():
     image = noise_image(300, 260)
-    views = ResizeTenCrop(256, 227)(image)
+    views = ResizeTenCrop(Preprocessing(256, 227))(image)
     assert views.shape == (10, 3, 227, 227) and views.dtype == torch.uint8
-    assert torch.equal(views[4], ResizeCenterCrop(256, 227)(image))
+    assert torch.equal(views[4], ResizeCenterCrop(Preprocessing(256, 227))(image))
     assert torch.equal(views[9], views[4].flip(-1))
 
 
@@ -99,14 +103,14 @@ def test_crop_larger_than_resize_is_rejected_with_both_numbers():
     with pytest.raises(
         ValueError, match="crop size 300 is larger than the resized shorter side 256"
     ):
-        ResizeRandomCropFlip(resize=256, crop=300)
+        ResizeRandomCropFlip(Preprocessing(resize=256, crop=300))
     with pytest.raises(ValueError, match="crop size 300"):
-        ResizeCenterCrop(resize=256, crop=300)
+        ResizeCenterCrop(Preprocessing(resize=256, crop=300))
 
 
 def test_notebook_view_crops_without_resizing_and_pads_small_images():
     white = torch.full((3, 100, 100), 255, dtype=torch.uint8)
-    view = ResizeCenterCrop(resize=None, crop=227)(white)
+    view = ResizeCenterCrop(Preprocessing(resize=None, crop=227))(white)
     assert view.shape == (3, 227, 227)
     assert view[:, 113, 113].tolist() == [255, 255, 255]  # the image, unscaled, in the middle
     assert view[:, 0, 0].tolist() == [0, 0, 0]  # black padding around it
@@ -141,11 +145,14 @@ def test_paper_train_crops_come_from_the_central_square_of_a_prepared_image():
     first, last = paper_square_columns(256, 341)
     torch.manual_seed(0)
     image = coordinate_image(256, 341)
-    crops = [columns_of(ResizeRandomCropFlip(256, 227)(image)) for _ in range(150)]
+    crops = [columns_of(ResizeRandomCropFlip(Preprocessing(256, 227))(image)) for _ in range(150)]
     low, high = min(int(c.min()) for c in crops), max(int(c.max()) for c in crops)
     assert first - 0.5 <= low and high <= last + 0.5  # never outside the square ...
     assert (low, high) == (42, 297)  # ... and every column of it is reachable
-    rectangle = [columns_of(ResizeRandomCropFlip(256, 227, square=False)(image)) for _ in range(60)]
+    rectangle = [
+        columns_of(ResizeRandomCropFlip(Preprocessing(256, 227, square=False))(image))
+        for _ in range(60)
+    ]
     assert min(int(c.min()) for c in rectangle) < 20 and max(int(c.max()) for c in rectangle) > 320
 
 
@@ -157,7 +164,7 @@ def test_paper_train_crops_of_a_500x375_photo_stay_inside_its_central_square():
     first, last = paper_square_columns(375, 500)  # 62.3 .. 436.7
     torch.manual_seed(0)
     for square, inside in ((True, True), (False, False)):
-        view = ResizeRandomCropFlip(256, 227, square=square)
+        view = ResizeRandomCropFlip(Preprocessing(256, 227, square=square))
         spans = [view(image)[0, 0].float() * 499 / 255 for _ in range(100)]
         low, high = min(float(s.min()) for s in spans), max(float(s.max()) for s in spans)
         assert (first - 3 <= low and high <= last + 3) == inside, (square, low, high)
@@ -165,12 +172,12 @@ def test_paper_train_crops_of_a_500x375_photo_stay_inside_its_central_square():
 
 def test_ten_crop_corners_are_the_corners_of_the_central_square_and_mirrored():
     image = coordinate_image(256, 341)
-    views = ResizeTenCrop(256, 227)(image)
+    views = ResizeTenCrop(Preprocessing(256, 227))(image)
     corners = [(int(columns_of(v)[0]), int(v[2, 0, 0])) for v in views[:4]]  # (column, row)
     assert corners == [(42, 0), (42 + 256 - 227, 0), (42, 256 - 227), (42 + 256 - 227, 256 - 227)]
-    assert torch.equal(views[4], ResizeCenterCrop(256, 227)(image))
+    assert torch.equal(views[4], ResizeCenterCrop(Preprocessing(256, 227))(image))
     assert torch.equal(views[5:], views[:5].flip(-1))
-    rectangle = ResizeTenCrop(256, 227, square=False)(image)
+    rectangle = ResizeTenCrop(Preprocessing(256, 227, square=False))(image)
     assert [int(columns_of(v)[0]) for v in rectangle[:4]] == [0, 341 - 227, 0, 341 - 227]
     assert torch.equal(rectangle[4], views[4])  # the centre crop is the same either way
 
@@ -180,18 +187,16 @@ def test_rectangle_config_and_old_checkpoints_mean_crops_from_the_whole_rectangl
 ):
     assert compose_config().transforms.square is True  # the default is the paper's
     rectangle = compose_config("transforms=rectangle").transforms
-    assert rectangle.square is False and rectangle.train.square is False
+    assert rectangle.square is False and rectangle.train.preprocessing.square is False
     # evaluate's ten crops follow the checkpoint's config; one made before the key existed was
     # trained on crops from the whole rectangle.
     (tmp_path / "val" / "a").mkdir(parents=True)
+    contract = {"resize": 256, "crop": 227, "mean": [0.5] * 3, "std": [0.5] * 3}
     for saved, square in (({"square": True}, True), ({"square": False}, False), ({}, False)):
         model = TrainedModel(
             network=None,
             class_names=["a"],
-            resize=256,
-            crop=227,
-            mean=[0.5] * 3,
-            std=[0.5] * 3,
-            config={"transforms": saved},
+            preprocessing=Preprocessing.from_config({**contract, **saved}),
+            config={"transforms": {**contract, **saved}},
         )
         assert validation_images(model, tmp_path).transform.square is square

@@ -231,6 +231,16 @@ class ImageFolderDataModule(pl.LightningDataModule):
             sampler.resume_at(epoch, batches_done * self.batch_size_per_device)
         return self._decoding_ahead(self._loader(self.train_set, sampler, train=True))
 
+    def train_batches_per_epoch(self) -> int:
+        """Training batches per epoch on each process, known without building the loader: a
+        learning-rate schedule counted in optimizer steps needs it in configure_optimizers, before
+        a resume has restored where the loader must start (schedules.py)."""
+        rank, world_size = self._rank_and_world_size()
+        per_rank = len(ResumableShuffleSampler(len(self.train_set), 0, rank, world_size))
+        if self.drop_last:
+            return per_rank // self.batch_size_per_device
+        return -(-per_rank // self.batch_size_per_device)
+
     def val_dataloader(self) -> DataLoader:
         sampler = ShardSampler(len(self.val_set), *self._rank_and_world_size())
         return self._decoding_ahead(self._loader(self.val_set, sampler, train=False))

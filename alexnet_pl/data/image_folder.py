@@ -76,7 +76,7 @@ class ImageFolderDataset(Dataset):
         if decode == "gpu" and not callable(getattr(transform, "window", None)):
             raise ValueError(
                 f"data.decode=gpu needs a view that places its crop before decoding (a window() "
-                f"method, as ResizeRandomCropFlip and ResizeCenterCrop have); "
+                f"method: View in alexnet_pl/data/transforms.py); "
                 f"{type(transform).__name__} has none: use data.decode=cpu with it"
             )
         self.strict = strict

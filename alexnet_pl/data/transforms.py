@@ -1,7 +1,9 @@
 """Image transforms in two halves, so that the loader workers never touch a float:
 
 - views, per image in the workers, on uint8 pixels (C, H, W): the paper's resize, random crop and
-  flip for training, the centre crop or ten crops for testing;
+  flip for training, the centre crop or ten crops for testing. Each reads the preprocessing
+  contract (preprocessing.py) and follows View's interface below; a new view is a short file
+  (random_resized_crop.py is one);
 - ToNormalizedFloat, per batch on the device after the transfer: uint8 to float, the paper's
   PCA lighting, mean/std normalisation. A uint8 batch is a quarter of the bytes to collate, pin
   and copy.
@@ -13,6 +15,9 @@ from typing import NamedTuple
 import torch
 from torchvision.transforms.v2 import functional as F
 
+from alexnet_pl.data.batched_crops import crop_batch
+from alexnet_pl.data.preprocessing import Preprocessing
+
 # Principal components of ImageNet's RGB pixel values on a 0..1 scale (as published with
 # fb.resnet.torch, computed on the training set): the paper's section 4.1 lighting augmentation.
 IMAGENET_EIGENVALUES = (0.2175, 0.0188, 0.0045)
@@ -21,14 +26,6 @@ IMAGENET_EIGENVECTORS = (
     (-0.5808, -0.0045, -0.8140),
     (-0.5836, -0.6948, 0.4203),
 )
-
-
-def _check_crop_fits(resize: int | None, crop: int) -> None:
-    if resize is not None and crop > resize:
-        raise ValueError(
-            f"crop size {crop} is larger than the resized shorter side {resize}: a random crop "
-            f"would not fit. Use a crop <= resize (the paper: resize 256, crop 227)."
-        )
 
 
 def resized_size(height: int, width: int, size: int | None) -> tuple[int, int]:
@@ -89,7 +86,45 @@ class Placement(NamedTuple):
         return view.flip(-1) if self.flip else view
 
 
-class ResizeRandomCropFlip:
+class View:
+    """A view: what the loader workers do to each image, uint8 (3, H, W) -> uint8 (3, crop, crop).
+
+    The interface a view follows (a new one subclasses View and sets or overrides these):
+    - `preprocessing`: the contract (preprocessing.py); `crop` is its output size.
+    - `window(height, width) -> CropWindow`: where the crop of an image of that size lies, drawn
+      before the image is decoded (random draws from torch's generator, which Lightning seeds in
+      every worker). This is all data.decode=gpu needs: the worker sends the file's bytes and the
+      window, and the GPU decodes the batch and cuts all its windows at once (batched_crops.py).
+      A view whose output is not one window of the image sets `window = None`, and
+      data.decode=gpu refuses it by name.
+    - `__call__(image)`: the crop on the CPU (data.decode=cpu and pil). By default it is computed
+      from window() with the GPU path's own arithmetic (crop_batch on the CPU), so a view that
+      defines window() alone works with every decoder; override it where a library is faster.
+    """
+
+    preprocessing: Preprocessing
+
+    @property
+    def crop(self) -> int:
+        return self.preprocessing.crop
+
+    @property
+    def resize(self) -> int | None:
+        return self.preprocessing.resize
+
+    @property
+    def square(self) -> bool:
+        return self.preprocessing.square
+
+    def window(self, height: int, width: int) -> CropWindow:
+        raise NotImplementedError(f"{type(self).__name__} defines neither window() nor __call__")
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        window = torch.tensor([self.window(*image.shape[-2:])], dtype=torch.float64)
+        return crop_batch([image], window)[0]
+
+
+class ResizeRandomCropFlip(View):
     """Section 4.1's training view: shorter side to `resize`, a random `crop` square, a horizontal
     flip half of the time. The crop is a slice of the uint8 tensor (no copy until collation).
 
@@ -98,11 +133,16 @@ class ResizeRandomCropFlip:
     from those 256x256 images): a 500x375 photo, resized to 341x256, never shows its outer 42
     columns on either side. square=False draws from the whole resized rectangle
     (conf/transforms/rectangle.yaml).
+
+    The paper's augmentations one by one: flip=False never mirrors; random_crop=False takes the
+    centre crop every time (section 4.1: without the random crops "our network suffers from
+    substantial overfitting").
     """
 
-    def __init__(self, resize: int, crop: int, square: bool = True) -> None:
-        _check_crop_fits(resize, crop)
-        self.resize, self.crop, self.square = resize, crop, square
+    def __init__(
+        self, preprocessing: Preprocessing, flip: bool = True, random_crop: bool = True
+    ) -> None:
+        self.preprocessing, self.flip, self.random_crop = preprocessing, flip, random_crop
 
     def place(self, height: int, width: int) -> Placement:
         """Draws a crop for a (height, width) image; torch's generator, seeded per worker by
@@ -113,9 +153,13 @@ class ResizeRandomCropFlip:
             side = min(resized_height, resized_width)  # == resize
             top, left = centre_offset(resized_height, side), centre_offset(resized_width, side)
             span_y = span_x = side
-        top += int(torch.randint(span_y - self.crop + 1, ()))
-        left += int(torch.randint(span_x - self.crop + 1, ()))
-        flip = bool(torch.rand(()) < 0.5)
+        if self.random_crop:
+            top += int(torch.randint(span_y - self.crop + 1, ()))
+            left += int(torch.randint(span_x - self.crop + 1, ()))
+        else:  # the centre crop: the same pixels as the validation view
+            top = centre_offset(resized_height, self.crop)
+            left = centre_offset(resized_width, self.crop)
+        flip = self.flip and bool(torch.rand(()) < 0.5)
         return Placement((resized_height, resized_width), top, left, self.crop, flip)
 
     def window(self, height: int, width: int) -> CropWindow:
@@ -126,7 +170,7 @@ class ResizeRandomCropFlip:
         return placement.cut(resize_shorter_side(image, self.resize))
 
 
-class ResizeCenterCrop:
+class ResizeCenterCrop(View):
     """The test view: shorter side to `resize`, then the central `crop` square (the same whether
     the training crops came from the central square or the whole rectangle: it lies inside both).
 
@@ -134,9 +178,8 @@ class ResizeCenterCrop:
     smaller than the crop are padded with black (kept as an option to reproduce the notebook).
     """
 
-    def __init__(self, resize: int | None, crop: int) -> None:
-        _check_crop_fits(resize, crop)
-        self.resize, self.crop = resize, crop
+    def __init__(self, preprocessing: Preprocessing) -> None:
+        self.preprocessing = preprocessing
 
     def place(self, height: int, width: int) -> Placement:
         resized_height, resized_width = resized_size(height, width, self.resize)
@@ -151,7 +194,7 @@ class ResizeCenterCrop:
         return F.center_crop(resize_shorter_side(image, self.resize), [self.crop, self.crop])
 
 
-class ResizeTenCrop:
+class ResizeTenCrop(View):
     """The paper's test view (section 4.1): the four corner and the centre `crop` squares and their
     mirrors, as one uint8 tensor of shape (10, 3, crop, crop); views 5-9 mirror views 0-4.
 
@@ -160,9 +203,10 @@ class ResizeTenCrop:
     added were trained with). View 4 is ResizeCenterCrop's either way.
     """
 
-    def __init__(self, resize: int | None, crop: int, square: bool = True) -> None:
-        _check_crop_fits(resize, crop)
-        self.resize, self.crop, self.square = resize, crop, square
+    window = None  # ten crops, not one window: evaluate decodes on the CPU
+
+    def __init__(self, preprocessing: Preprocessing) -> None:
+        self.preprocessing = preprocessing
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         crop = self.crop
