@@ -64,7 +64,12 @@ class LRSchedule:
         if self.interval == "epoch":
             run_length["steps_per_epoch"] = 1
         wanted = inspect.signature(self.kind).parameters
-        given = {key: value for key, value in run_length.items() if key in wanted}
+        # A length the config writes out (cosine.yaml: epochs: ${trainer.max_epochs}) stands.
+        given = {
+            key: value
+            for key, value in run_length.items()
+            if key in wanted and key not in self.arguments
+        }
         return self.kind(optimizer, **self.arguments, **given)
 
 

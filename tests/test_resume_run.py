@@ -142,7 +142,7 @@ def test_a_resume_appends_to_the_log_and_records_itself_in_config_yaml(sigterm_r
         ("optimizer=sgd", "optimizer._target_", "torch.optim.Adam", "torch.optim.SGD"),
         (
             "scheduler=plateau",
-            "scheduler._target_",
+            "scheduler.kind",
             "torch.optim.lr_scheduler.StepLR",
             "torch.optim.lr_scheduler.ReduceLROnPlateau",
         ),
@@ -171,6 +171,20 @@ def test_a_resume_given_another_run_folder_is_refused(trained_run, tmp_path, run
     assert result.returncode != 0
     assert f"continues the run in its own folder {trained_run}" in result.stderr
     assert "init_from" in result.stderr
+
+
+def test_a_longer_resume_under_the_cosine_schedule_is_refused_naming_its_length(compose_config):
+    # The checkpoint's cosine would keep its old length: the learning rate would reach 0 at the old
+    # end and rise again while config.yaml claimed the longer run.
+    run, resumed = (
+        compose_config("scheduler=cosine", f"trainer.max_epochs={epochs}") for epochs in (2, 4)
+    )
+    saved, new = (OmegaConf.to_container(c, resolve=True) for c in (run, resumed))
+    with pytest.raises(ValueError) as refused:
+        config_diff.check_same_computation("run/last.ckpt", saved, resumed, new)
+    assert "scheduler.epochs: the run has 2, this command 4 (derived from trainer.max_epochs)" in (
+        str(refused.value)
+    )
 
 
 def test_a_schedule_length_derived_from_max_epochs_is_named_when_it_would_change():
