@@ -8,6 +8,7 @@ from omegaconf import DictConfig
 
 from alexnet_pl.checkpoint import CURRENT_FORMAT, checkpoint_format, read_checkpoint
 from alexnet_pl.data.datamodule import per_device_batch_size
+from alexnet_pl.errors import MissingInput, UserError
 
 # Model settings that change the shapes of the weights: a checkpoint only loads into the same.
 SHAPE_SETTINGS = ("num_classes", "groups", "fc_width")
@@ -18,7 +19,7 @@ SHAPE_DEFAULTS = {"fc_width": 4096}
 def check_learning_rate(optimizer: DictConfig) -> None:
     lr = optimizer.get("lr")
     if lr is not None and not lr > 0:
-        raise ValueError(
+        raise UserError(
             f"optimizer.lr={lr} must be a positive number (the notebook: 1e-4 with Adam; the "
             "paper: 0.01 with SGD)"
         )
@@ -36,7 +37,7 @@ def resolve_resume_path(ckpt_path: str | None, outputs: Path = Path("outputs")) 
     if ckpt_path == "last":
         found = sorted(outputs.glob("**/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
         if not found:
-            raise FileNotFoundError(
+            raise MissingInput(
                 f"ckpt_path=last: no {outputs}/**/checkpoints/last.ckpt under {Path.cwd()}; run "
                 "from the folder that holds outputs/, or give the checkpoint or run folder"
             )
@@ -45,7 +46,7 @@ def resolve_resume_path(ckpt_path: str | None, outputs: Path = Path("outputs")) 
     if path.is_dir():
         path = path / "checkpoints" / "last.ckpt"
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingInput(
             f"ckpt_path={ckpt_path} is not a checkpoint (looked for {path}); give a .ckpt file, a "
             "run folder such as outputs/<date>/<time>, or ckpt_path=last"
         )
@@ -58,18 +59,18 @@ def check_checkpoint_fits_model(ckpt_path: str, model: DictConfig) -> None:
     checkpoint = read_checkpoint(ckpt_path, mmap=True)
     saved = checkpoint.get("config", {}).get("model") if isinstance(checkpoint, dict) else None
     if saved is None:
-        raise ValueError(
+        raise UserError(
             f"ckpt_path={ckpt_path} is not a checkpoint written by alexnet_pl.train (it has no "
             "config); resume from the checkpoints/last.ckpt of an earlier run"
         )
     written_in = checkpoint_format(checkpoint)
     if written_in > CURRENT_FORMAT:
-        raise ValueError(
+        raise UserError(
             f"ckpt_path={ckpt_path} has checkpoint format {written_in}, newer than this alexnet-pl "
             f"writes ({CURRENT_FORMAT}); resume with the version that wrote it"
         )
     if written_in < CURRENT_FORMAT:
-        raise ValueError(
+        raise UserError(
             f"ckpt_path={ckpt_path} was written in checkpoint format {written_in} (dropout "
             "before fc6 and fc7, as torchvision; with model.groups=2, normalisation across the "
             f"towers); this version trains the paper's network (format {CURRENT_FORMAT}: dropout "
@@ -78,7 +79,7 @@ def check_checkpoint_fits_model(ckpt_path: str, model: DictConfig) -> None:
             "read this checkpoint"
         )
     if "optimizer_states" not in checkpoint:
-        raise ValueError(
+        raise UserError(
             f"ckpt_path={ckpt_path} holds the weights only (best-*.ckpt is written without the "
             "optimizer and schedule state, to keep it small), so training cannot resume from it; "
             "resume from that run's checkpoints/last.ckpt (ckpt_path=<run folder>), or use this "
@@ -87,7 +88,7 @@ def check_checkpoint_fits_model(ckpt_path: str, model: DictConfig) -> None:
     saved = {**SHAPE_DEFAULTS, **saved}
     differences = [key for key in SHAPE_SETTINGS if saved.get(key) != model.get(key)]
     if differences:
-        raise ValueError(
+        raise UserError(
             f"ckpt_path={ckpt_path} was trained with "
             f"{', '.join(f'model.{key}={saved.get(key)}' for key in differences)} but this run "
             f"has {', '.join(f'model.{key}={model.get(key)}' for key in differences)}; resume "
@@ -102,7 +103,7 @@ def check_no_multirun_ddp(world_size: int) -> None:
     from hydra.types import RunMode
 
     if world_size > 1 and HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
-        raise ValueError(
+        raise UserError(
             f"Hydra multirun (-m) cannot start DDP with {world_size} processes: Lightning would "
             "re-run the whole sweep in every process. Sweep on one device (trainer.devices=1), or "
             "run one command per configuration, e.g. `for lr in 1e-4 3e-4; do python -m "
