@@ -101,14 +101,10 @@ class ImageFolderDataModule(pl.LightningDataModule):
         """
         for split in SPLITS:
             if not (self.root / split).is_dir():
-                raise MissingInput(
-                    f"data.root={self.root} has no {split}/ folder; {LAYOUT_HINT}"
-                )
+                raise MissingInput(f"data.root={self.root} has no {split}/ folder; {LAYOUT_HINT}")
         train_classes, val_classes = (list_classes(self.root / split) for split in SPLITS)
         if not train_classes:
-            raise MissingInput(
-                f"data.root={self.root}/train has no class folders; {LAYOUT_HINT}"
-            )
+            raise MissingInput(f"data.root={self.root}/train has no class folders; {LAYOUT_HINT}")
         if train_classes != val_classes:
             only_train, only_val = classes_only_in(train_classes, val_classes)
             raise UserError(
