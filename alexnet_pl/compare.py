@@ -17,6 +17,7 @@ import argparse
 import csv
 import json
 import math
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,8 +100,10 @@ def find_runs(paths: list[Path]) -> list[Path]:
 
 
 def job_order(folder: Path) -> tuple[int, str]:
-    """Hydra numbers a sweep's jobs 0, 1, ..., 10: in that order, not as text."""
-    return (int(folder.name), "") if folder.name.isdigit() else (sys.maxsize, folder.name)
+    """Hydra numbers a sweep's jobs 0, 1, ..., 10 (experiment=ablations: 0_baseline, 1_tanh, ...):
+    in that order, not as text."""
+    number = re.match(r"\d+", folder.name)
+    return (int(number.group()) if number else sys.maxsize, folder.name)
 
 
 def read_yaml(path: Path) -> Any:
