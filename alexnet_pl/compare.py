@@ -122,7 +122,8 @@ def read_overrides(folder: Path) -> dict[str, str] | None:
     overrides = {}
     for override in read_yaml(path) or []:
         key, _, value = str(override).partition("=")
-        if not key.lstrip("~+").startswith(IGNORED_OVERRIDES):
+        key = key.lstrip("+")  # `+ablation=tanh` and `ablation=tanh` set the same
+        if not key.lstrip("~").startswith(IGNORED_OVERRIDES):
             overrides[key] = value
     return overrides
 
