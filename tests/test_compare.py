@@ -112,3 +112,21 @@ def test_a_folder_that_is_not_a_run_is_named_without_a_traceback(sweep, tmp_path
     assert result.returncode == 1
     assert f"error: {tmp_path / 'notes'} is not a run folder" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_compare_reads_the_csv_logs_of_a_run_without_tensorboard(sweep, tmp_path, capsys):
+    runs = [compare.read_run(sweep / job) for job in ("0", "1")]
+    with_events = compare.table_rows(runs, compare.differing_settings(runs))
+    for job in ("0", "1"):
+        (sweep / job / "tensorboard").rename(tmp_path / f"tensorboard-{job}")
+    try:
+        assert compare.main([str(sweep), "--out", str(tmp_path)]) == 0
+    finally:
+        for job in ("0", "1"):
+            (tmp_path / f"tensorboard-{job}").rename(sweep / job / "tensorboard")
+    with (tmp_path / compare.TABLE_NAME).open(newline="") as table:
+        from_csv = list(csv.DictReader(table))
+    for row, expected in zip(from_csv, with_events, strict=True):
+        assert row["best top-1 %"] == expected["best top-1 %"]
+        assert row["best top-5 %"] == expected["best top-5 %"]
+        assert row["wall time"] == ""  # train/epoch_seconds is written to TensorBoard only
