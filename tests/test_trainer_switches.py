@@ -5,7 +5,10 @@ import csv
 import inspect
 import json
 
+import pytest
 import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
 
 from tests.conftest import SMALL_RUN
 
@@ -34,13 +37,29 @@ def test_trainer_switches_default_to_lightnings_own(compose_config):
 
 def test_trainer_switches_need_no_plus(compose_config):
     cfg = compose_config(*(f"trainer.{name}={value}" for name, value in SWITCHES.items()))
-    assert cfg.trainer.accumulate_grad_batches == 2
-    assert cfg.trainer.enable_progress_bar is False
-    assert cfg.trainer.profiler == "simple"
+    del cfg.trainer.deterministic  # process-wide torch state; the run below sets and restores it
+    cfg.trainer.precision = "32-true"  # auto: chosen by alexnet_pl.speed in train()
+    trainer = instantiate(cfg.trainer, accelerator="cpu", logger=False)  # Lightning takes them all
+    assert trainer.accumulate_grad_batches == 2
+    assert trainer.check_val_every_n_epoch == 2
+    assert trainer.progress_bar_callback is None
+    assert type(trainer.profiler).__name__ == "SimpleProfiler"
+
+
+@pytest.fixture
+def restores_torch_determinism():
+    """trainer.deterministic switches torch.use_deterministic_algorithms for the whole process:
+    back as it was for the tests after this one."""
+    enabled = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    benchmark = torch.backends.cudnn.benchmark
+    yield
+    torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+    torch.backends.cudnn.benchmark = benchmark
 
 
 def test_accumulation_partial_epochs_and_mid_epoch_validation_train(
-    larger_image_root, tmp_path, run_in_process
+    larger_image_root, tmp_path, run_in_process, restores_torch_determinism
 ):
     """4 of the 5 batches of 8 images, 2 per optimizer step (2 steps), validation of 2 batches
     after every 2 batches, clipping, deterministic kernels, the profiler, no progress bar."""
