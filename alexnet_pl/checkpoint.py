@@ -18,6 +18,7 @@ from hydra.utils import instantiate
 from torch import nn
 
 from alexnet_pl.data.preprocessing import Preprocessing
+from alexnet_pl.errors import MissingInput, UserError
 from alexnet_pl.lrn import LocalResponseNorm
 
 NETWORK_PREFIX = "network."  # AlexNetModule keeps the network under self.network
@@ -34,7 +35,7 @@ FORMAT_1_CLASSIFIER = {"classifier.1.": "classifier.0.", "classifier.4.": "class
 REFUSED_OBJECT = re.compile(r"GLOBAL (\S+) (?:was not an allowed global|whose module)")
 
 
-class UnsafeCheckpointError(ValueError):
+class UnsafeCheckpointError(UserError):
     """The file holds a pickled object that is not plain data; it was not loaded."""
 
 
@@ -71,22 +72,22 @@ def checkpoint_format(checkpoint: dict[str, Any]) -> int:
 
 def _read(path: Path) -> dict[str, Any]:
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+        raise MissingInput(f"checkpoint {path} does not exist")
     try:
         checkpoint = read_checkpoint(path)
     except UnsafeCheckpointError:
         raise
     except Exception as error:  # torch raises many kinds for a damaged file
-        raise ValueError(f"checkpoint {path} could not be read ({error}); is it whole?") from error
+        raise UserError(f"checkpoint {path} could not be read ({error}); is it whole?") from error
     expected = ("state_dict", "config", "class_names")
     missing = [key for key in expected if not isinstance(checkpoint, dict) or key not in checkpoint]
     if missing:
-        raise ValueError(
+        raise UserError(
             f"checkpoint {path} is not an alexnet-pl training checkpoint (it has no {missing}); "
             "use a last.ckpt or best-*.ckpt written by `python -m alexnet_pl.train`"
         )
     if checkpoint_format(checkpoint) > CURRENT_FORMAT:
-        raise ValueError(
+        raise UserError(
             f"checkpoint {path} has format {checkpoint_format(checkpoint)}, newer than this "
             f"alexnet-pl reads ({CURRENT_FORMAT}); update alexnet-pl to the version that wrote it"
         )
@@ -126,7 +127,7 @@ def trained_model_from(checkpoint: dict[str, Any], path: str | Path) -> TrainedM
         network.load_state_dict(network_weights(checkpoint))
     except RuntimeError as error:
         message = f"checkpoint {path} does not match its own model config: {error}"
-        raise ValueError(message) from error
+        raise UserError(message) from error
     return TrainedModel(
         network=network.eval(),
         class_names=list(checkpoint["class_names"]),

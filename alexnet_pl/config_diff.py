@@ -11,6 +11,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from alexnet_pl.errors import UserError
+
 # Dotted keys (and everything under them) that may differ between a run and its resume.
 MAY_DIFFER = (
     "ckpt_path",  # where this resume starts from
@@ -82,7 +84,7 @@ def derived_from_max_epochs(config: DictConfig) -> set[str]:
 def check_same_computation(
     ckpt_path: str, saved: Mapping[str, Any], config: DictConfig, new: Mapping[str, Any]
 ) -> dict[str, tuple[Any, Any]]:
-    """Raises ValueError naming every key whose difference changes what the run computes, with both
+    """Raises UserError naming every key whose difference changes what the run computes, with both
     values and what to do; returns the differences that do not (recorded with the resume)."""
     found = differences(saved, new)
     refused = {key: values for key, values in found.items() if not may_differ(key)}
@@ -96,7 +98,7 @@ def check_same_computation(
             f"~{key}" if old == MISSING else f"{key}={format_override(old)}"
             for key, (old, _) in refused.items()
         )
-        raise ValueError(
+        raise UserError(
             f"ckpt_path={ckpt_path} continues a run trained with other settings; resuming would "
             "change what the run computes while its record says otherwise:\n"
             + "\n".join(lines)

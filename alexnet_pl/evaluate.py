@@ -27,6 +27,7 @@ from alexnet_pl.data.datamodule import classes_only_in, list_classes
 from alexnet_pl.data.image_folder import ImageFolderDataset, collate_skipping_bad
 from alexnet_pl.data.sampling import ShardSampler
 from alexnet_pl.data.transforms import ResizeTenCrop, ToNormalizedFloat
+from alexnet_pl.errors import MissingInput, UserError, reported_as_user_errors
 from alexnet_pl.predict import readable_class_names
 from alexnet_pl.run_record import write_json_atomically
 
@@ -108,11 +109,11 @@ class TenCropEvaluation(pl.LightningModule):
 def validation_images(model: TrainedModel, root: Path) -> ImageFolderDataset:
     val_dir = root / "val"
     if not val_dir.is_dir():
-        raise FileNotFoundError(f"data.root={root} has no val/ folder (expected val/<class>/*)")
+        raise MissingInput(f"data.root={root} has no val/ folder (expected val/<class>/*)")
     found = list_classes(val_dir)
     if found != model.class_names:
         only_found, only_saved = classes_only_in(found, model.class_names)
-        raise ValueError(
+        raise UserError(
             f"the classes in {val_dir} differ from those the checkpoint was trained on: only in "
             f"the folder: {only_found}; only in the checkpoint: {only_saved}"
         )
@@ -201,7 +202,8 @@ def evaluate(cfg: DictConfig) -> dict:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
-    evaluate(cfg)
+    with reported_as_user_errors():  # the message alone, no traceback
+        evaluate(cfg)
 
 
 if __name__ == "__main__":

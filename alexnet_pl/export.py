@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from alexnet_pl.checkpoint import TrainedModel, load_trained_model
+from alexnet_pl.errors import reported_as_user_errors
 
 METADATA_KEY = "alexnet_pl"  # one JSON entry: {"class_names": [...], "resize": ..., ...}
 
@@ -83,4 +84,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with reported_as_user_errors():  # the message alone, no traceback
+        sys.exit(main())

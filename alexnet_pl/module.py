@@ -14,6 +14,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from alexnet_pl.checkpoint import CURRENT_FORMAT, FORMAT_KEY
+from alexnet_pl.errors import UserError
 from alexnet_pl.schedules import LRSchedule, optimizer_steps_per_epoch
 from alexnet_pl.step_cadence import forget_check_values, is_check_batch, log_check_values
 
@@ -99,7 +100,7 @@ class AlexNetModule(pl.LightningModule):
     def setup(self, stage: str) -> None:
         class_names = getattr(self.trainer.datamodule, "class_names", None)
         if class_names and len(class_names) != self.num_classes:
-            raise ValueError(
+            raise UserError(
                 f"model.num_classes={self.num_classes} but the data has {len(class_names)} "
                 f"classes; run with model.num_classes={len(class_names)}"
             )

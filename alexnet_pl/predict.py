@@ -18,6 +18,7 @@ from alexnet_pl.checkpoint import TrainedModel, load_trained_model
 from alexnet_pl.data.bad_images import DECODE_ERRORS
 from alexnet_pl.data.decoding import decode_on_cpu
 from alexnet_pl.data.transforms import ResizeCenterCrop, ToNormalizedFloat
+from alexnet_pl.errors import reported_as_user_errors
 
 WNID = re.compile(r"n\d{8}")
 
@@ -96,4 +97,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with reported_as_user_errors():  # the message alone, no traceback
+        sys.exit(main())

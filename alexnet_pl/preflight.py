@@ -9,12 +9,13 @@ from omegaconf import DictConfig
 
 from alexnet_pl.checkpoint import CURRENT_FORMAT, checkpoint_format, read_checkpoint
 from alexnet_pl.data.datamodule import per_device_batch_size
+from alexnet_pl.errors import MissingInput, UserError
 
 
 def check_learning_rate(optimizer: DictConfig) -> None:
     lr = optimizer.get("lr")
     if lr is not None and not lr > 0:
-        raise ValueError(
+        raise UserError(
             f"optimizer.lr={lr} must be a positive number (the notebook: 1e-4 with Adam; the "
             "paper: 0.01 with SGD)"
         )
@@ -33,7 +34,7 @@ def resolve_resume_path(ckpt_path: str | None, outputs: Path = Path("outputs")) 
     if ckpt_path == "last":
         found = sorted(outputs.glob("**/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
         if not found:
-            raise FileNotFoundError(
+            raise MissingInput(
                 f"ckpt_path=last: no {outputs}/**/checkpoints/last.ckpt under {Path.cwd()}; run "
                 "from the folder that holds outputs/, or give the checkpoint or run folder"
             )
@@ -42,7 +43,7 @@ def resolve_resume_path(ckpt_path: str | None, outputs: Path = Path("outputs")) 
     if path.is_dir():
         path = newest_checkpoint(path) or path / "checkpoints" / "last.ckpt"
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingInput(
             f"ckpt_path={ckpt_path} is not a checkpoint (looked for {path}); give a .ckpt file, a "
             "run folder such as outputs/<date>/<time>, or ckpt_path=last"
         )
@@ -64,18 +65,18 @@ def check_resumable(ckpt_path: str) -> dict[str, Any]:
     # weights_only: a checkpoint holding anything but plain data is refused, naming the file.
     checkpoint = read_checkpoint(ckpt_path, mmap=True)
     if not isinstance(checkpoint, dict) or "config" not in checkpoint:
-        raise ValueError(
+        raise UserError(
             f"ckpt_path={ckpt_path} is not a checkpoint written by alexnet_pl.train (it has no "
             "config); resume from the checkpoints/last.ckpt of an earlier run"
         )
     written_in = checkpoint_format(checkpoint)
     if written_in > CURRENT_FORMAT:
-        raise ValueError(
+        raise UserError(
             f"ckpt_path={ckpt_path} has checkpoint format {written_in}, newer than this alexnet-pl "
             f"writes ({CURRENT_FORMAT}); resume with the version that wrote it"
         )
     if written_in < CURRENT_FORMAT:
-        raise ValueError(
+        raise UserError(
             f"ckpt_path={ckpt_path} was written in checkpoint format {written_in} (dropout "
             "before fc6 and fc7, as torchvision; with model.groups=2, normalisation across the "
             f"towers); this version trains the paper's network (format {CURRENT_FORMAT}: dropout "
@@ -84,7 +85,7 @@ def check_resumable(ckpt_path: str) -> dict[str, Any]:
             "one from its weights); evaluate, predict and export still read this checkpoint"
         )
     if "optimizer_states" not in checkpoint:
-        raise ValueError(
+        raise UserError(
             f"ckpt_path={ckpt_path} holds the weights only (best-*.ckpt is written without the "
             "optimizer and schedule state, to keep it small), so training cannot resume from it; "
             "resume from that run's checkpoints/last.ckpt (ckpt_path=<run folder>), start a new "
@@ -101,7 +102,7 @@ def check_no_multirun_ddp(world_size: int) -> None:
     from hydra.types import RunMode
 
     if world_size > 1 and HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
-        raise ValueError(
+        raise UserError(
             f"Hydra multirun (-m) cannot start DDP with {world_size} processes: Lightning would "
             "re-run the whole sweep in every process. Sweep on one device (trainer.devices=1), or "
             "run one command per configuration, e.g. `for lr in 1e-4 3e-4; do python -m "

@@ -31,6 +31,7 @@ from typing import BinaryIO
 
 import scipy.io
 
+from alexnet_pl.errors import reported_as_user_errors
 from alexnet_pl.resized_copy import ResizedCopyError, describe, make_resized_copy
 
 # The official file names (the same as torchvision.datasets.imagenet.ARCHIVE_META).
@@ -515,4 +516,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with reported_as_user_errors():  # the message alone, no traceback
+        sys.exit(main())

@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from alexnet_pl import config_diff, preflight
 from alexnet_pl.checkpoint import network_weights, read_checkpoint
+from alexnet_pl.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +52,12 @@ def continue_in_run_folder(argv: list[str]) -> None:
     if ckpt_path in (None, "null"):
         return
     if override(argv, "init_from") not in (None, "null"):
-        raise ValueError(both_given(ckpt_path, override(argv, "init_from")))
+        raise UserError(both_given(ckpt_path, override(argv, "init_from")))
     checkpoint = Path(preflight.resolve_resume_path(ckpt_path)).resolve()
     run_dir = run_folder_of(checkpoint, ckpt_path)
     for given in (a.split("=", 1)[1].strip("'\"") for a in argv if a.startswith("hydra.run.dir=")):
         if Path(given).resolve() != run_dir:
-            raise ValueError(
+            raise UserError(
                 f"ckpt_path={ckpt_path} continues the run in its own folder {run_dir}, but "
                 f"hydra.run.dir={given} asks for another. Leave out hydra.run.dir (or give the "
                 f"run's folder); to start a new run from these weights use init_from={ckpt_path}"
@@ -84,7 +85,7 @@ def run_folder_of(checkpoint: Path, given: str) -> Path:
         return checkpoint.parent.parent
     if checkpoint.name.startswith("hpc_ckpt_"):
         return checkpoint.parent
-    raise ValueError(
+    raise UserError(
         f"ckpt_path={given} ({checkpoint}) is not in a run folder (<run>/checkpoints/last.ckpt), "
         "so there is no run to continue. To start a new run from its weights, use "
         f"init_from={given}"
@@ -111,7 +112,7 @@ def find(cfg: DictConfig) -> Resumed | None:
     itself, unchecked). A null seed becomes the run's. Refused: ckpt_path with init_from, and
     checkpoints that cannot resume (preflight.check_resumable)."""
     if cfg.ckpt_path is not None and cfg.get("init_from") is not None:
-        raise ValueError(both_given(cfg.ckpt_path, cfg.init_from))
+        raise UserError(both_given(cfg.ckpt_path, cfg.init_from))
     cfg.ckpt_path = preflight.resolve_resume_path(cfg.ckpt_path)
     run_dir = Path(cfg.paths.output_dir)
     if cfg.ckpt_path is None and SLURMEnvironment.detect() and any(run_dir.glob("hpc_ckpt_*")):
@@ -198,7 +199,7 @@ def load_initial_weights(network: Any, init_from: str | None) -> str | None:
     try:
         network.load_state_dict(network_weights(read_checkpoint(path)))
     except RuntimeError as error:
-        raise ValueError(
+        raise UserError(
             f"init_from={init_from}: its weights do not fit this run's model ({error}); give the "
             "model settings of the run that wrote it (its config.yaml, model.*)"
         ) from error

@@ -18,6 +18,7 @@ from tqdm import tqdm
 from alexnet_pl.data.bad_images import DECODE_ERRORS
 from alexnet_pl.data.datamodule import SPLITS
 from alexnet_pl.data.decoding import decode_on_cpu
+from alexnet_pl.errors import reported_as_user_errors
 
 CHUNK = 256  # files per task: amortises process round trips over many small decodes
 DEFAULT_REPORT = Path("bad_files.tsv")  # in the current folder: the user's, not the dataset's
@@ -82,4 +83,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with reported_as_user_errors():  # the message alone, no traceback
+        sys.exit(main())

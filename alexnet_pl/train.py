@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from alexnet_pl import preflight, resume, speed
+from alexnet_pl.errors import reported_as_user_errors
 from alexnet_pl.exact_resume import PlateauStepInCheckpoint
 from alexnet_pl.module import AlexNetModule
 from alexnet_pl.monitoring import HParamsWithMetrics
@@ -78,9 +79,11 @@ def train(cfg: DictConfig) -> pl.Trainer:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> None:
-    train(cfg)
+    with reported_as_user_errors():  # the message alone, no traceback
+        train(cfg)
 
 
 if __name__ == "__main__":
-    resume.continue_in_run_folder(sys.argv)  # before Hydra makes a run folder of its own
+    with reported_as_user_errors():  # a ckpt_path that is no run's: the message alone
+        resume.continue_in_run_folder(sys.argv)  # before Hydra makes a run folder of its own
     main()

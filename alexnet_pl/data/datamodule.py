@@ -18,6 +18,7 @@ from alexnet_pl.data.device_prefetch import DecodingAheadLoader
 from alexnet_pl.data.image_folder import ImageFolderDataset, collate_skipping_bad, strict_message
 from alexnet_pl.data.sampling import ResumableShuffleSampler, ShardSampler
 from alexnet_pl.data.workers import init_worker
+from alexnet_pl.errors import MissingInput, UserError
 from alexnet_pl.exact_resume import resume_position
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ def classes_only_in(first: list[str], second: list[str]) -> tuple[list[str] | st
 def per_device_batch_size(global_batch_size: int, world_size: int) -> int:
     """`data.batch_size` is the batch of one optimizer step over all processes, as in the paper."""
     if global_batch_size < world_size or global_batch_size % world_size:
-        raise ValueError(
+        raise UserError(
             f"data.batch_size={global_batch_size} is the global batch and must divide evenly over "
             f"{world_size} processes (devices x nodes); use a multiple of {world_size}, "
             f"e.g. data.batch_size={max(1, global_batch_size // world_size) * world_size}"
@@ -100,17 +101,13 @@ class ImageFolderDataModule(pl.LightningDataModule):
         """
         for split in SPLITS:
             if not (self.root / split).is_dir():
-                raise FileNotFoundError(
-                    f"data.root={self.root} has no {split}/ folder; {LAYOUT_HINT}"
-                )
+                raise MissingInput(f"data.root={self.root} has no {split}/ folder; {LAYOUT_HINT}")
         train_classes, val_classes = (list_classes(self.root / split) for split in SPLITS)
         if not train_classes:
-            raise FileNotFoundError(
-                f"data.root={self.root}/train has no class folders; {LAYOUT_HINT}"
-            )
+            raise MissingInput(f"data.root={self.root}/train has no class folders; {LAYOUT_HINT}")
         if train_classes != val_classes:
             only_train, only_val = classes_only_in(train_classes, val_classes)
-            raise ValueError(
+            raise UserError(
                 f"data.root={self.root}: train/ and val/ must hold the same class folders, or the "
                 f"labels would not match. Only in train/: {only_train}; only in val/: "
                 f"{only_val}. Add or remove class folders so both lists are identical."
@@ -257,7 +254,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
         saved = state_dict.get("class_names")
         if saved is not None and saved != self.class_names:
             only_saved, only_here = classes_only_in(saved, self.class_names)
-            raise ValueError(
+            raise UserError(
                 f"the checkpoint was trained on classes that differ from those in "
                 f"data.root={self.root} (only in the checkpoint: {only_saved}; only in the "
                 f"folder: {only_here}); resume on the same classes"

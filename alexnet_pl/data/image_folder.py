@@ -25,6 +25,7 @@ from alexnet_pl.data.decoding import (
     decode_with_pil,
     read_for_device,
 )
+from alexnet_pl.errors import UserError
 
 
 class ImageIndex:
@@ -74,7 +75,7 @@ class ImageFolderDataset(Dataset):
         readers = {"pil": decode_with_pil, "cpu": decode_on_cpu, "gpu": self._read_for_device}
         self.read = readers[decode]
         if decode == "gpu" and not callable(getattr(transform, "window", None)):
-            raise ValueError(
+            raise UserError(
                 f"data.decode=gpu needs a view that places its crop before decoding (a window() "
                 f"method: View in alexnet_pl/data/transforms.py); "
                 f"{type(transform).__name__} has none: use data.decode=cpu with it"
