@@ -5,6 +5,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from alexnet_pl.errors import UserError
 from alexnet_pl.lrn import LocalResponseNorm
 
 # With 227x227 input every layer divides exactly and the last pool gives 6x6x256. The smallest input
@@ -34,7 +35,7 @@ def activation_layer(activation: Activation) -> nn.Module:
         return nn.ReLU(inplace=True)
     if activation == "tanh":
         return nn.Tanh()
-    raise ValueError(f"model.activation={activation!r} is not known: use 'relu' or 'tanh'")
+    raise UserError(f"model.activation={activation!r} is not known: use 'relu' or 'tanh'")
 
 
 def norm_layer(norm: Norm, channels: int, groups: int) -> nn.Module:
@@ -47,12 +48,12 @@ def norm_layer(norm: Norm, channels: int, groups: int) -> nn.Module:
         return nn.BatchNorm2d(channels)
     if norm == "none":
         return nn.Identity()
-    raise ValueError(f"model.norm={norm!r} is not known: use 'lrn', 'batch' or 'none'")
+    raise UserError(f"model.norm={norm!r} is not known: use 'lrn', 'batch' or 'none'")
 
 
 def pool_layer(pool: Pool) -> nn.MaxPool2d:
     if pool not in POOL_WINDOWS:
-        raise ValueError(f"model.pool={pool!r} is not known: use 'overlap' or 'plain'")
+        raise UserError(f"model.pool={pool!r} is not known: use 'overlap' or 'plain'")
     size, stride = POOL_WINDOWS[pool]
     return nn.MaxPool2d(kernel_size=size, stride=stride)
 
@@ -62,7 +63,7 @@ def conv_channels(width: float, groups: int) -> list[int]:
     each divisible by the towers."""
     channels = [round(c * width) for c in CONV_CHANNELS[:4]] + [CONV_CHANNELS[4]]
     if width <= 0 or any(c < groups or c % groups for c in channels):
-        raise ValueError(
+        raise UserError(
             f"model.width={width} gives {channels} kernels in conv1..conv5, which model.groups="
             f"{groups} towers cannot share evenly; use a width such as 1.0 or 0.5"
         )
@@ -108,14 +109,14 @@ class AlexNet(nn.Module):
     ) -> None:
         super().__init__()
         if groups not in (1, 2):
-            raise ValueError(
+            raise UserError(
                 f"model.groups={groups} is not supported: use 1 (one tower) or 2 (the paper's "
                 "two-GPU connectivity)"
             )
         if num_classes < 1:
-            raise ValueError(f"model.num_classes={num_classes} must be at least 1")
+            raise UserError(f"model.num_classes={num_classes} must be at least 1")
         if fc_width < 1:
-            raise ValueError(f"model.fc_width={fc_width} must be at least 1 (the paper: 4096)")
+            raise UserError(f"model.fc_width={fc_width} must be at least 1 (the paper: 4096)")
         c1, c2, c3, c4, c5 = conv_channels(width, groups)
         self.features = nn.Sequential(
             nn.Conv2d(3, c1, kernel_size=11, stride=4),
@@ -151,7 +152,7 @@ class AlexNet(nn.Module):
         if init == "paper":
             self.init_like_paper()
         elif init != "pytorch":
-            raise ValueError(f"model.init={init!r} is not known: use 'paper' or 'pytorch'")
+            raise UserError(f"model.init={init!r} is not known: use 'paper' or 'pytorch'")
 
     def init_like_paper(self) -> None:
         """Section 5: weights from N(0, 0.01); biases 1 in conv2, conv4, conv5 and the hidden fully

@@ -24,6 +24,8 @@ from torch.optim.lr_scheduler import (
     SequentialLR,
 )
 
+from alexnet_pl.errors import UserError
+
 INTERVALS = ("epoch", "step")
 RUN_LENGTH = ("epochs", "steps_per_epoch")  # filled in by LRSchedule where a schedule asks
 
@@ -34,7 +36,7 @@ class LRSchedule:
 
     def __init__(self, kind: str | Callable, interval: str = "epoch", **arguments: Any) -> None:
         if interval not in INTERVALS:
-            raise ValueError(
+            raise UserError(
                 f"scheduler.interval={interval!r} is not known: use 'epoch' (step the schedule "
                 "after every epoch) or 'step' (after every optimizer step)"
             )
@@ -42,12 +44,12 @@ class LRSchedule:
             try:
                 kind = get_object(kind)
             except Exception as error:
-                raise ValueError(
+                raise UserError(
                     f"scheduler.kind={kind!r} cannot be imported ({error}); name a class such as "
                     "torch.optim.lr_scheduler.StepLR"
                 ) from None
         if interval == "step" and kind is ReduceLROnPlateau:
-            raise ValueError(
+            raise UserError(
                 "scheduler.interval=step with ReduceLROnPlateau: it watches a validation metric, "
                 "which exists once per epoch; use scheduler.interval=epoch"
             )
@@ -99,7 +101,7 @@ def warmup_cosine(
     warmup = math.ceil(warmup_epochs * steps_per_epoch)
     total = max(epochs * steps_per_epoch, 1)
     if warmup >= total:
-        raise ValueError(
+        raise UserError(
             f"scheduler.warmup_epochs={warmup_epochs} leaves no epoch of the run's {epochs} for "
             "the cosine; use fewer warm-up epochs or more trainer.max_epochs"
         )

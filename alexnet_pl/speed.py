@@ -20,6 +20,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.accelerators import CPUAccelerator, CUDAAccelerator
 from pytorch_lightning.utilities import rank_zero_only
 
+from alexnet_pl.errors import UserError
+
 log = logging.getLogger(__name__)
 
 AUTO = "auto"
@@ -50,7 +52,7 @@ def compile_options(value: Any) -> dict[str, Any] | None:
         value = OmegaConf.to_container(value, resolve=True)
     if isinstance(value, dict):
         return dict(value)
-    raise ValueError(
+    raise UserError(
         f"compile={value!r} is not understood; use compile=auto, compile=null (eager), "
         "compile={} (torch.compile's default) or compile={mode: reduce-overhead}"
     )

@@ -11,6 +11,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from alexnet_pl.errors import UserError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # ImageNet RGB statistics on a 0..1 scale
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -33,7 +35,7 @@ class Preprocessing:
         object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
         object.__setattr__(self, "std", tuple(float(s) for s in self.std))
         if self.resize is not None and self.crop > self.resize:
-            raise ValueError(
+            raise UserError(
                 f"crop size {self.crop} is larger than the resized shorter side {self.resize}: a "
                 "random crop would not fit. Use a crop <= resize (the paper: resize 256, crop 227)."
             )

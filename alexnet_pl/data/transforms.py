@@ -17,6 +17,7 @@ from torchvision.transforms.v2 import functional as F
 
 from alexnet_pl.data.batched_crops import crop_batch
 from alexnet_pl.data.preprocessing import Preprocessing
+from alexnet_pl.errors import UserError
 
 # Principal components of ImageNet's RGB pixel values on a 0..1 scale (as published with
 # fb.resnet.torch, computed on the training set): the paper's section 4.1 lighting augmentation.
@@ -243,7 +244,7 @@ class ToNormalizedFloat:
         eigenvectors: Sequence[Sequence[float]] = IMAGENET_EIGENVECTORS,
     ) -> None:
         if lighting_std < 0:
-            raise ValueError(
+            raise UserError(
                 f"lighting std={lighting_std} must be >= 0 (the paper uses 0.1; 0 turns it off)"
             )
         self.lighting_std = lighting_std
