@@ -46,7 +46,10 @@ def train(cfg: DictConfig) -> pl.Trainer:
         compile=OmegaConf.to_container(cfg.compile) if cfg.compile is not None else None,
         run_config=run_config,
     )
+    # An entry that builds None adds no callback: callbacks.<name>=null, or the progress bar with
+    # trainer.enable_progress_bar=false.
     callbacks = [instantiate(callback) for callback in cfg.callbacks.values()]
+    callbacks = [callback for callback in callbacks if callback is not None]
     callbacks += [ConfigToLoggers(run_config), HParamsWithMetrics(run_config)]
     callbacks.append(PlateauStepInCheckpoint())  # resumes keep ReduceLROnPlateau's every step
     # Under DDP: rank 0's seed on every rank, and each rank's own draws (seeding.py).

@@ -1,0 +1,296 @@
+"""The host's cost of one training step: a plain PyTorch loop, Lightning's floor, and this
+project's default config as a user runs it, on a network so small that its compute hardly counts.
+
+    python benchmarks/host.py                     # about a minute on a quiet CPU core
+    python benchmarks/host.py --profile default   # also cProfile's top functions of one row
+
+On a GPU the host only queues kernels, and a step of AlexNet at 32 images takes ~2.7 ms with CUDA
+graphs: whatever the host adds per step (Lightning's loop, callbacks, the progress bar) decides
+the speed. A CPU with a tiny network shows that host work without a GPU: one 3x3 convolution and
+one linear layer, 32 images a step, every batch already in memory, one thread.
+
+Rows (all iterate the same DataLoader of resident batches, so only the loop differs):
+  plain    a plain PyTorch loop, fused Adam, zero_grad(set_to_none=True)
+  floor    Lightning's floor: a LightningModule that returns only its loss, under a bare Trainer
+           (no logger, progress bar, checkpointing or model summary)
+  default  alexnet_pl.train.train on the real composed config (conf/train.yaml), only the network
+           and the data swapped: every default callback, the progress bar, TensorBoard
+  default-no-bar   the same with trainer.enable_progress_bar=false (what the bar costs)
+
+The rows run in interleaved rounds (plain, floor, default, ..., plain, floor, ...) and each keeps
+its best round, so a burst of load from another process costs one round, not one row. The
+progress bar writes to /dev/null while the rows run; the table comes after.
+"""
+
+import argparse
+import contextlib
+import cProfile
+import io
+import logging
+import os
+import pstats
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
+Batches = list[tuple[torch.Tensor, torch.Tensor]]
+ROWS = ("plain", "floor", "default", "default-no-bar")
+
+
+class TinyNet(nn.Module):
+    """The stand-in for AlexNet: features, then a classifier whose last layer is a Linear (what
+    AlexNetModule reads num_classes from, and the monitoring callbacks' conv1 from)."""
+
+    def __init__(self, num_classes: int = 10, size: int = 16, **_: Any) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(8 * size * size, num_classes))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(images))
+
+
+def resident_batches(count: int, batch: int, size: int, classes: int) -> Batches:
+    generator = torch.Generator().manual_seed(0)
+    return [
+        (
+            torch.randn(batch, 3, size, size, generator=generator),
+            torch.randint(classes, (batch,), generator=generator),
+        )
+        for _ in range(count)
+    ]
+
+
+def loader(batches: Batches, steps: int) -> DataLoader:
+    """`steps` batches in order, cycling through the resident ones; each item is a whole batch."""
+    return DataLoader([batches[i % len(batches)] for i in range(steps)], batch_size=None)
+
+
+def clocks() -> "np.ndarray":
+    """(wall seconds, this thread's CPU seconds). The CPU time of the training thread is what the
+    host spends on the loop; unlike the wall time it hardly grows when other processes compete
+    for the cores (only through shared caches), so it is the benchmark's main measure."""
+    return np.array([time.perf_counter(), time.thread_time()])
+
+
+class StepClock(pl.Callback):
+    """Reads the clocks at the start of batch `warmup` and at the end of the last batch."""
+
+    def __init__(self, warmup: int) -> None:
+        self.warmup = warmup
+        self.start = self.end = np.zeros(2)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if batch_idx == self.warmup:
+            self.start = clocks()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if batch_idx + 1 == trainer.num_training_batches:
+            self.end = clocks()
+
+
+def plain(args: argparse.Namespace, batches: Batches) -> "np.ndarray":
+    """(wall, CPU) seconds of the timed steps of the loop a user writes by hand."""
+    torch.manual_seed(0)
+    model = TinyNet(args.classes, args.size)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True)
+    start = np.zeros(2)
+    for step, (images, labels) in enumerate(loader(batches, args.warmup + args.steps)):
+        if step == args.warmup:
+            start = clocks()
+        loss = nn.functional.cross_entropy(model(images), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return clocks() - start
+
+
+class LossOnly(pl.LightningModule):
+    """Lightning's floor: the step returns its loss and nothing else."""
+
+    def __init__(self, args: argparse.Namespace, batches: Batches) -> None:
+        super().__init__()
+        self.network = TinyNet(args.classes, args.size)
+        self.batches, self.total = batches, args.warmup + args.steps
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
+        images, labels = batch
+        return nn.functional.cross_entropy(self.network(images), labels)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=1e-4, fused=True)
+
+    def train_dataloader(self) -> DataLoader:
+        return loader(self.batches, self.total)
+
+
+def floor(args: argparse.Namespace, batches: Batches) -> "np.ndarray":
+    torch.manual_seed(0)
+    clock = StepClock(args.warmup)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        callbacks=[clock],
+        default_root_dir=tempfile.mkdtemp(prefix="host_floor_"),
+    )
+    trainer.fit(LossOnly(args, batches))
+    return clock.end - clock.start
+
+
+class ResidentData(pl.LightningDataModule):
+    """Stands in for the ImageFolderDataModule: resident batches for training, one for validation
+    (so that the best-checkpoint callback finds val/top1 at the epoch's end, after the clock)."""
+
+    def __init__(self, batches: Batches, steps: int, classes: int, batch_size: int) -> None:
+        super().__init__()
+        self.batches, self.steps, self.batch_size = batches, steps, batch_size
+        self.class_names = [f"class_{i}" for i in range(classes)]
+
+    def train_dataloader(self) -> DataLoader:
+        return loader(self.batches, self.steps)
+
+    def val_dataloader(self) -> DataLoader:
+        return loader(self.batches, 1)
+
+    def read_class_names(self) -> list[str]:
+        return self.class_names
+
+
+# The objects that Hydra's instantiate hands to train(): set by project() before each run.
+_current: dict[str, Any] = {}
+
+
+def make_data(**_: Any) -> ResidentData:
+    return _current["data"]
+
+
+def make_clock(**_: Any) -> StepClock:
+    return _current["clock"]
+
+
+def project(
+    args: argparse.Namespace, batches: Batches, progress_bar: bool = True
+) -> "np.ndarray":
+    """alexnet_pl.train.train on the composed default config; only the network and data differ."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf, open_dict
+
+    from alexnet_pl.train import train
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        overrides = [
+            "trainer.accelerator=cpu",
+            "trainer.max_epochs=1",
+            f"data.batch_size={args.batch}",
+            f"model.num_classes={args.classes}",
+            "seed=0",
+        ]
+        if not progress_bar:
+            overrides.append("++trainer.enable_progress_bar=false")
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    steps = args.warmup + args.steps
+    _current["data"] = ResidentData(batches, steps, args.classes, args.batch)
+    _current["clock"] = StepClock(args.warmup)
+    with open_dict(cfg):
+        cfg.paths.output_dir = tempfile.mkdtemp(prefix="host_default_")
+        del cfg.hydra
+        cfg.model = OmegaConf.create(
+            {"_target_": f"{__name__}.TinyNet", "num_classes": args.classes, "size": args.size}
+        )
+        cfg.data = OmegaConf.create({"_target_": f"{__name__}.make_data", "batch_size": args.batch})
+        cfg.callbacks.step_clock = {"_target_": f"{__name__}.make_clock"}
+    train(cfg)
+    GlobalHydra.instance().clear()
+    return _current["clock"].end - _current["clock"].start
+
+
+def quiet() -> None:
+    """Lightning's start-up lines and warnings (few workers, no GPU) would bury the table."""
+    warnings.filterwarnings("ignore")
+    for name in ("pytorch_lightning", "lightning_fabric", "lightning", "alexnet_pl"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", default=",".join(ROWS), help=f"some of {','.join(ROWS)}")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved; best of these")
+    parser.add_argument("--steps", type=int, default=400, help="timed steps a row and round")
+    parser.add_argument("--warmup", type=int, default=20, help="untimed steps first")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--size", type=int, default=16, help="image side in pixels")
+    parser.add_argument("--classes", type=int, default=10)
+    parser.add_argument("--profile", choices=ROWS, help="print cProfile's top of this row")
+    args = parser.parse_args()
+    rows = args.rows.split(",")
+    torch.set_num_threads(1)  # the host's work is single-threaded; so is a GPU run's
+    quiet()
+    batches = resident_batches(8, args.batch, args.size, args.classes)
+    runs: dict[str, Callable[[argparse.Namespace, Batches], np.ndarray]] = {
+        "plain": plain,
+        "floor": floor,
+        "default": project,
+        "default-no-bar": lambda a, b: project(a, b, progress_bar=False),
+    }
+    seconds: dict[str, list[np.ndarray]] = {row: [] for row in rows}
+    with open(os.devnull, "w") as devnull:
+        for _ in range(args.rounds):
+            for row in rows:
+                with contextlib.redirect_stdout(devnull), contextlib.redirect_stderr(devnull):
+                    seconds[row].append(runs[row](args, batches))
+        if args.profile:
+            profiler = cProfile.Profile()
+            with contextlib.redirect_stdout(devnull), contextlib.redirect_stderr(devnull):
+                profiler.runcall(runs[args.profile], args, batches)
+
+    load = os.getloadavg()
+    print(
+        f"host cost per step: {args.batch} images of {args.size} px a step, {args.steps} timed "
+        f"steps after {args.warmup}, best of {args.rounds} interleaved rounds; torch "
+        f"{torch.__version__}, Lightning {pl.__version__}, 1 thread; load average "
+        f"{load[0]:.2f} {load[1]:.2f} on {os.cpu_count()} CPUs\n"
+    )
+    # Per row: the best round's CPU and wall ms per step (each its own best), the median CPU.
+    ms = {row: np.array(times) * 1000 / args.steps for row, times in seconds.items()}
+    best = {row: ms[row].min(axis=0) for row in rows}
+    print("| loop | CPU ms per step | x floor | wall ms per step | x floor | CPU ms, median |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for row in rows:
+        cpu, wall = best[row][1], best[row][0]
+        ratio_cpu = f"{cpu / best['floor'][1]:.3f}" if "floor" in best else ""
+        ratio_wall = f"{wall / best['floor'][0]:.3f}" if "floor" in best else ""
+        median = np.median(ms[row][:, 1])
+        print(f"| {row} | {cpu:.3f} | {ratio_cpu} | {wall:.3f} | {ratio_wall} | {median:.3f} |")
+    print(
+        "\nCPU: the training thread's CPU time (time.thread_time), which load from other processes"
+        " hardly changes;\nwall: time.perf_counter. Each the best of the rounds; x floor: over"
+        " Lightning's floor (a loss-only\nLightningModule under a bare Trainer)."
+    )
+    if args.profile:
+        text = io.StringIO()
+        pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(30)
+        print(f"\ncProfile of one {args.profile} run (all of fit, not only the timed steps):")
+        print(text.getvalue())
+
+
+if __name__ == "__main__":
+    main()
