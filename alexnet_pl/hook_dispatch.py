@@ -7,12 +7,16 @@ benchmark's tiny network (benchmarks/host.py); a GPU step of AlexNet at 32 image
 SkipEmptyBatchHooks removes that cost without patching Lightning: Lightning calls a callback's
 hook only when `callable(getattr(callback, hook_name))` (trainer/call.py, _call_callback_hooks),
 so each batch hook that a callback's class leaves as Lightning's empty default is replaced, on
-that callback object, by None. Hooks a class overrides are left alone, so nothing that did work
-stops doing it. Should Lightning ever call a hook without that check, it would call None and
-fail loudly (TypeError), never skip work silently; tests/test_host_cost.py checks the skip.
+that callback object, by None; so are the batch hooks of Lightning's own callbacks that the run's
+settings leave idle (idle_hooks), and callbacks of ours turn theirs off once their work is done
+(turn_off). Should Lightning ever call a hook without that check, it would call None and fail
+loudly (TypeError), never skip work silently; tests/test_host_cost.py checks the skip.
 """
 
+from collections.abc import Iterable
+
 import pytorch_lightning as pl
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 
 # The hooks Lightning calls at every training or validation batch.
 BATCH_HOOKS = (
@@ -27,13 +31,37 @@ BATCH_HOOKS = (
 )
 
 
+def turn_off(callback: pl.Callback, hooks: Iterable[str]) -> None:
+    """Lightning stops calling these hooks of this callback object (for every later batch)."""
+    for name in hooks:
+        setattr(callback, name, None)
+
+
+def idle_hooks(callback: pl.Callback) -> list[str]:
+    """Batch hooks of Lightning's callbacks that return at once at every batch of this run."""
+    if isinstance(callback, LearningRateMonitor) and callback.logging_interval == "epoch":
+        return ["on_train_batch_start"]  # it logs step learning rates only
+    # A ModelCheckpoint saves after a batch only with every_n_train_steps or train_time_interval;
+    # both are kept in private attributes (read directly: a renamed one fails loudly here).
+    if (
+        type(callback) is ModelCheckpoint
+        and callback._every_n_train_steps < 1
+        and callback._train_time_interval is None
+    ):
+        return ["on_train_batch_end"]
+    return []
+
+
 def skip_empty_batch_hooks(callback: pl.Callback) -> list[str]:
-    """Sets to None, on this object, each batch hook its class does not override; returns them."""
-    skipped = []
-    for name in BATCH_HOOKS:
-        if getattr(type(callback), name, None) is getattr(pl.Callback, name):
-            setattr(callback, name, None)
-            skipped.append(name)
+    """Sets to None, on this object, each batch hook its class does not override and each idle
+    one (idle_hooks); returns their names."""
+    skipped = [
+        name
+        for name in BATCH_HOOKS
+        if getattr(type(callback), name, None) is getattr(pl.Callback, name)
+    ]
+    skipped += idle_hooks(callback)
+    turn_off(callback, skipped)
     return skipped
 
 

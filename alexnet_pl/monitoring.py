@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 from torchvision.utils import make_grid
 
+from alexnet_pl.hook_dispatch import turn_off
 from alexnet_pl.run_record import DATA_WAIT, FINAL_METRICS
 from alexnet_pl.step_cadence import forget_check_values, is_check_batch, log_check_values
 
@@ -102,6 +103,10 @@ class Throughput(pl.Callback):
         self.waited = 0.0
         self.wait_logged_step = -1
         self.logged_at_last_batch = False
+        self.writer: SummaryWriter | None = None
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.writer = summary_writer(trainer)  # looked up once, not at every batch
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.epoch_start = time.perf_counter()
@@ -141,7 +146,7 @@ class Throughput(pl.Callback):
             log_check_values(pl_module, {DATA_WAIT: fraction}, prog_bar=False)
             log_check_values(pl_module, {"data_wait": round(fraction, 2)}, logger=False)
             self.batch_end, self.wait_logged_step, self.logged_at_last_batch = None, step, True
-        writer = summary_writer(trainer)
+        writer = self.writer
         if writer is None:
             return
         if self.window_start is None:
@@ -163,6 +168,18 @@ class Throughput(pl.Callback):
         # A validation in mid-epoch must count neither as training time nor as waiting for data.
         self.window_start = None
         self.batch_end = None
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        writer = summary_writer(trainer)
+        if writer is None:
+            return
+        # At the global step, as Lightning logs val/*, so the charts share their x axis.
+        step = trainer.global_step
+        writer.add_scalar("train/epoch_seconds", time.perf_counter() - self.epoch_start, step)
+        if pl_module.device.type == "cuda":
+            peak_gb = torch.cuda.max_memory_allocated(pl_module.device) / 1e9
+            writer.add_scalar("train/peak_gpu_memory_gb", peak_gb, step)
+
 
 class ParameterNorms(pl.Callback):
     """weights/<layer> and gradients/<layer> (L2 norms) every `every_n_steps` optimizer steps, at
@@ -257,6 +274,7 @@ class InputSamples(pl.Callback):
         if self.done or images_of(batch) is None:  # None: no image of it could be decoded
             return
         self.done = True
+        turn_off(self, ["on_train_batch_start"])  # no more calls at every batch (hook_dispatch.py)
         writer = summary_writer(trainer)
         if writer is None:
             return

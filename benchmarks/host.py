@@ -76,43 +76,63 @@ def loader(batches: Batches, steps: int) -> DataLoader:
     return DataLoader([batches[i % len(batches)] for i in range(steps)], batch_size=None)
 
 
-def clocks() -> "np.ndarray":
-    """(wall seconds, this thread's CPU seconds). The CPU time of the training thread is what the
-    host spends on the loop; unlike the wall time it hardly grows when other processes compete
-    for the cores (only through shared caches), so it is the benchmark's main measure."""
+def clocks() -> np.ndarray:
+    """(wall seconds, this thread's CPU seconds). The training thread's CPU time is the host's work
+    on the loop; it grows less than the wall time when other processes compete for the cores."""
     return np.array([time.perf_counter(), time.thread_time()])
 
 
-class StepClock(pl.Callback):
-    """Reads the clocks at the start of batch `warmup` and at the end of the last batch."""
+class Blocks:
+    """The clocks at the start of step `warmup` and after every `block` steps from there: each
+    block of steps is timed on its own, and the benchmark keeps each row's fastest block of all
+    its rounds (a block of 100 steps holds two check batches, so their work counts; a burst of
+    load from another process spoils one block, not the row)."""
 
-    def __init__(self, warmup: int) -> None:
-        self.warmup = warmup
-        self.start = self.end = np.zeros(2)
+    def __init__(self, warmup: int, block: int) -> None:
+        self.warmup, self.block = warmup, block
+        self.readings: list[np.ndarray] = []
+
+    def at_step_start(self, step: int) -> None:
+        if step >= self.warmup and (step - self.warmup) % self.block == 0:
+            self.readings.append(clocks())
+
+    def at_end(self) -> None:
+        self.readings.append(clocks())
+
+    def per_step(self) -> np.ndarray:
+        """(wall, CPU) seconds per step of each whole block."""
+        readings = np.array(self.readings)
+        return (readings[1:] - readings[:-1]) / self.block
+
+
+class StepClock(pl.Callback):
+    """Blocks, read from a Trainer's hooks."""
+
+    def __init__(self, blocks: Blocks) -> None:
+        self.blocks = blocks
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if batch_idx == self.warmup:
-            self.start = clocks()
+        self.blocks.at_step_start(batch_idx)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if batch_idx + 1 == trainer.num_training_batches:
-            self.end = clocks()
+            self.blocks.at_end()
 
 
-def plain(args: argparse.Namespace, batches: Batches) -> "np.ndarray":
-    """(wall, CPU) seconds of the timed steps of the loop a user writes by hand."""
+def plain(args: argparse.Namespace, batches: Batches) -> np.ndarray:
+    """The loop a user writes by hand."""
     torch.manual_seed(0)
     model = TinyNet(args.classes, args.size)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True)
-    start = np.zeros(2)
+    blocks = Blocks(args.warmup, args.block)
     for step, (images, labels) in enumerate(loader(batches, args.warmup + args.steps)):
-        if step == args.warmup:
-            start = clocks()
+        blocks.at_step_start(step)
         loss = nn.functional.cross_entropy(model(images), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    return clocks() - start
+    blocks.at_end()
+    return blocks.per_step()
 
 
 class LossOnly(pl.LightningModule):
@@ -134,9 +154,9 @@ class LossOnly(pl.LightningModule):
         return loader(self.batches, self.total)
 
 
-def floor(args: argparse.Namespace, batches: Batches) -> "np.ndarray":
+def floor(args: argparse.Namespace, batches: Batches) -> np.ndarray:
     torch.manual_seed(0)
-    clock = StepClock(args.warmup)
+    blocks = Blocks(args.warmup, args.block)
     trainer = pl.Trainer(
         accelerator="cpu",
         devices=1,
@@ -145,11 +165,11 @@ def floor(args: argparse.Namespace, batches: Batches) -> "np.ndarray":
         enable_progress_bar=False,
         enable_checkpointing=False,
         enable_model_summary=False,
-        callbacks=[clock],
+        callbacks=[StepClock(blocks)],
         default_root_dir=tempfile.mkdtemp(prefix="host_floor_"),
     )
     trainer.fit(LossOnly(args, batches))
-    return clock.end - clock.start
+    return blocks.per_step()
 
 
 class ResidentData(pl.LightningDataModule):
@@ -185,7 +205,7 @@ def make_clock(**_: Any) -> StepClock:
 
 def project(
     args: argparse.Namespace, batches: Batches, progress_bar: bool = True
-) -> "np.ndarray":
+) -> np.ndarray:
     """alexnet_pl.train.train on the composed default config; only the network and data differ."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -209,7 +229,8 @@ def project(
     HydraConfig.instance().set_config(cfg)
     steps = args.warmup + args.steps
     _current["data"] = ResidentData(batches, steps, args.classes, args.batch)
-    _current["clock"] = StepClock(args.warmup)
+    blocks = Blocks(args.warmup, args.block)
+    _current["clock"] = StepClock(blocks)
     with open_dict(cfg):
         cfg.paths.output_dir = tempfile.mkdtemp(prefix="host_default_")
         del cfg.hydra
@@ -220,7 +241,7 @@ def project(
         cfg.callbacks.step_clock = {"_target_": f"{__name__}.make_clock"}
     train(cfg)
     GlobalHydra.instance().clear()
-    return _current["clock"].end - _current["clock"].start
+    return blocks.per_step()
 
 
 def quiet() -> None:
@@ -236,6 +257,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="interleaved; best of these")
     parser.add_argument("--steps", type=int, default=400, help="timed steps a row and round")
     parser.add_argument("--warmup", type=int, default=20, help="untimed steps first")
+    parser.add_argument("--block", type=int, default=100, help="steps timed together")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--size", type=int, default=16, help="image side in pixels")
     parser.add_argument("--classes", type=int, default=10)
@@ -251,12 +273,12 @@ def main() -> None:
         "default": project,
         "default-no-bar": lambda a, b: project(a, b, progress_bar=False),
     }
-    seconds: dict[str, list[np.ndarray]] = {row: [] for row in rows}
+    blocks: dict[str, list[np.ndarray]] = {row: [] for row in rows}
     with open(os.devnull, "w") as devnull:
         for _ in range(args.rounds):
             for row in rows:
                 with contextlib.redirect_stdout(devnull), contextlib.redirect_stderr(devnull):
-                    seconds[row].append(runs[row](args, batches))
+                    blocks[row].append(runs[row](args, batches))
         if args.profile:
             profiler = cProfile.Profile()
             with contextlib.redirect_stdout(devnull), contextlib.redirect_stderr(devnull):
@@ -264,26 +286,28 @@ def main() -> None:
 
     load = os.getloadavg()
     print(
-        f"host cost per step: {args.batch} images of {args.size} px a step, {args.steps} timed "
-        f"steps after {args.warmup}, best of {args.rounds} interleaved rounds; torch "
+        f"host cost per step: {args.batch} images of {args.size} px a step; {args.steps} timed "
+        f"steps after {args.warmup} in blocks of {args.block}, the fastest block of "
+        f"{args.rounds} interleaved rounds; torch "
         f"{torch.__version__}, Lightning {pl.__version__}, 1 thread; load average "
         f"{load[0]:.2f} {load[1]:.2f} on {os.cpu_count()} CPUs\n"
     )
-    # Per row: the best round's CPU and wall ms per step (each its own best), the median CPU.
-    ms = {row: np.array(times) * 1000 / args.steps for row, times in seconds.items()}
+    # Per row: the fastest block's CPU and wall ms per step (each its own best), the median CPU.
+    ms = {row: np.concatenate(times) * 1000 for row, times in blocks.items()}
     best = {row: ms[row].min(axis=0) for row in rows}
     print("| loop | CPU ms per step | x floor | wall ms per step | x floor | CPU ms, median |")
     print("|---|---:|---:|---:|---:|---:|")
     for row in rows:
-        cpu, wall = best[row][1], best[row][0]
+        wall, cpu = best[row]
         ratio_cpu = f"{cpu / best['floor'][1]:.3f}" if "floor" in best else ""
         ratio_wall = f"{wall / best['floor'][0]:.3f}" if "floor" in best else ""
         median = np.median(ms[row][:, 1])
         print(f"| {row} | {cpu:.3f} | {ratio_cpu} | {wall:.3f} | {ratio_wall} | {median:.3f} |")
     print(
-        "\nCPU: the training thread's CPU time (time.thread_time), which load from other processes"
-        " hardly changes;\nwall: time.perf_counter. Each the best of the rounds; x floor: over"
-        " Lightning's floor (a loss-only\nLightningModule under a bare Trainer)."
+        "\nCPU: the training thread's CPU time (time.thread_time), less sensitive than the wall"
+        " time to other\nprocesses; wall: time.perf_counter. Each the fastest block of all rounds;"
+        " median: of all blocks.\nx floor: over Lightning's floor (a loss-only LightningModule"
+        " under a bare Trainer)."
     )
     if args.profile:
         text = io.StringIO()
