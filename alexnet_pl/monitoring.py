@@ -87,7 +87,8 @@ class Throughput(pl.Callback):
     loader (and copying it to the device), plus its own bookkeeping between batches (~0.1 ms). An
     input-bound run shows a high fraction, a step-bound one a low fraction. The gap after a check
     batch is left out: there the host waits for the device's values (step_cadence.py) and the
-    loggers write, which is not waiting for data; so is validation.
+    loggers write, which is not waiting for data; so is validation. (So with
+    trainer.log_every_n_steps=1 every gap is left out, and no fraction is logged.)
     """
 
     def __init__(self) -> None:
@@ -96,11 +97,12 @@ class Throughput(pl.Callback):
         self.window_images = 0
         self.logged_step = -1
         # Data wait: the end of the last batch (None: the gap to the next batch is not counted, and
-        # the next window of the fraction starts at that batch's start), the seconds waited since
-        # the window's start, and the last optimizer step at which the fraction was logged.
+        # the next window of the fraction starts at that batch's start), the seconds waited in the
+        # window's gaps, their number, and the last optimizer step at which it was logged.
         self.batch_end: float | None = None
         self.wait_window_start = 0.0
         self.waited = 0.0
+        self.gaps = 0
         self.wait_logged_step = -1
         self.logged_at_last_batch = False
         self.writer: SummaryWriter | None = None
@@ -120,9 +122,10 @@ class Throughput(pl.Callback):
     ) -> None:
         now = time.perf_counter()
         if self.batch_end is None:
-            self.wait_window_start, self.waited = now, 0.0
+            self.wait_window_start, self.waited, self.gaps = now, 0.0, 0
         else:
             self.waited += now - self.batch_end
+            self.gaps += 1
         if self.logged_at_last_batch:  # the progress bar keeps showing them
             forget_check_values(trainer, ("images/s", "data_wait", DATA_WAIT))
             self.logged_at_last_batch = False
@@ -142,10 +145,12 @@ class Throughput(pl.Callback):
         step = trainer.global_step
         check = is_check_batch(trainer, batch_idx)
         if check and step > self.wait_logged_step:
-            fraction = self.waited / max(now - self.wait_window_start, 1e-9)
-            log_check_values(pl_module, {DATA_WAIT: fraction}, prog_bar=False)
-            log_check_values(pl_module, {"data_wait": round(fraction, 2)}, logger=False)
-            self.batch_end, self.wait_logged_step, self.logged_at_last_batch = None, step, True
+            if self.gaps:  # else a window of one batch: nothing was waited for yet
+                fraction = self.waited / (now - self.wait_window_start)
+                log_check_values(pl_module, {DATA_WAIT: fraction}, prog_bar=False)
+                log_check_values(pl_module, {"data_wait": round(fraction, 2)}, logger=False)
+                self.wait_logged_step, self.logged_at_last_batch = step, True
+            self.batch_end = None
         writer = self.writer
         if writer is None:
             return
