@@ -140,30 +140,30 @@ class Throughput(pl.Callback):
     ) -> None:
         now = time.perf_counter()
         self.batch_end = now
-        # At the check batches (step_cadence.py), as the training metrics. Compared with the last
-        # logged step because with gradient accumulation several batches end at the same step.
+        if self.window_start is None:
+            # The window opens at the end of the first step, which also waited for the DataLoader
+            # workers to start (or for validation to finish): that wait is not training speed.
+            self.window_start, self.window_images = now, 0
+        else:
+            images = images_of(batch)  # None when every image of the batch was undecodable
+            self.window_images += 0 if images is None else len(images)
+        # The rest at the check batches only (step_cadence.py), as the training metrics. Compared
+        # with the last logged step because with gradient accumulation several batches end at the
+        # same step.
+        if not is_check_batch(trainer, batch_idx):
+            return
         step = trainer.global_step
-        check = is_check_batch(trainer, batch_idx)
-        if check and step > self.wait_logged_step:
+        if step > self.wait_logged_step:
             if self.gaps:  # else a window of one batch: nothing was waited for yet
                 fraction = self.waited / (now - self.wait_window_start)
                 log_check_values(pl_module, {DATA_WAIT: fraction}, prog_bar=False)
                 log_check_values(pl_module, {"data_wait": round(fraction, 2)}, logger=False)
                 self.wait_logged_step, self.logged_at_last_batch = step, True
             self.batch_end = None
-        writer = self.writer
-        if writer is None:
-            return
-        if self.window_start is None:
-            # The window opens at the end of the first step, which also waited for the DataLoader
-            # workers to start (or for validation to finish): that wait is not training speed.
-            self.window_start, self.window_images = now, 0
-            return
-        images = images_of(batch)  # None when every image of the batch was undecodable
-        self.window_images += (0 if images is None else len(images)) * trainer.world_size
-        if check and step > self.logged_step:
-            rate = self.window_images / (now - self.window_start)
-            writer.add_scalar("train/images_per_second", rate, step)
+        if self.writer is not None and step > self.logged_step and self.window_images:
+            # Every process's images: the global batch.
+            rate = self.window_images * trainer.world_size / (now - self.window_start)
+            self.writer.add_scalar("train/images_per_second", rate, step)
             # Also in the terminal's progress bar (which otherwise shows batches per second).
             log_check_values(pl_module, {"images/s": rate}, logger=False)
             self.window_start, self.window_images, self.logged_step = now, 0, step

@@ -16,6 +16,8 @@ Rows (all iterate the same DataLoader of resident batches, so only the loop diff
   default  alexnet_pl.train.train on the real composed config (conf/train.yaml), only the network
            and the data swapped: every default callback, the progress bar, TensorBoard
   default-no-bar   the same with trainer.enable_progress_bar=false (what the bar costs)
+  module   the same without any configured callback, logger, progress bar or model summary: what
+           AlexNetModule, the DataModule and train()'s own callbacks cost over the floor
 
 The rows run in interleaved rounds (plain, floor, default, ..., plain, floor, ...) and each keeps
 its best round, so a burst of load from another process costs one round, not one row. The
@@ -44,7 +46,7 @@ from torch.utils.data import DataLoader
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
 Batches = list[tuple[torch.Tensor, torch.Tensor]]
-ROWS = ("plain", "floor", "default", "default-no-bar")
+ROWS = ("plain", "floor", "default", "default-no-bar", "module")
 
 
 class TinyNet(nn.Module):
@@ -203,10 +205,10 @@ def make_clock(**_: Any) -> StepClock:
     return _current["clock"]
 
 
-def project(
-    args: argparse.Namespace, batches: Batches, progress_bar: bool = True
-) -> np.ndarray:
-    """alexnet_pl.train.train on the composed default config; only the network and data differ."""
+def project(args: argparse.Namespace, batches: Batches, variant: str = "default") -> np.ndarray:
+    """alexnet_pl.train.train on the composed default config; only the network and data differ.
+    variant "no-bar": without the progress bar; "bare": without the configured callbacks, loggers,
+    progress bar and model summary (the module and DataModule under a nearly bare Trainer)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
@@ -223,8 +225,10 @@ def project(
             f"model.num_classes={args.classes}",
             "seed=0",
         ]
-        if not progress_bar:
+        if variant in ("no-bar", "bare"):
             overrides.append("++trainer.enable_progress_bar=false")
+        if variant == "bare":
+            overrides += ["++trainer.enable_model_summary=false", "callbacks={}", "logger={}"]
         cfg = compose("train", overrides=overrides, return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)
     steps = args.warmup + args.steps
@@ -271,7 +275,8 @@ def main() -> None:
         "plain": plain,
         "floor": floor,
         "default": project,
-        "default-no-bar": lambda a, b: project(a, b, progress_bar=False),
+        "default-no-bar": lambda a, b: project(a, b, "no-bar"),
+        "module": lambda a, b: project(a, b, "bare"),
     }
     blocks: dict[str, list[np.ndarray]] = {row: [] for row in rows}
     with open(os.devnull, "w") as devnull:
