@@ -46,6 +46,9 @@ from torch.utils.data import DataLoader
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
 Batches = list[tuple[torch.Tensor, torch.Tensor]]
+# While set, it profiles the timed steps (function calls per step: a count that load does not
+# change, unlike the times).
+_profiler: cProfile.Profile | None = None
 ROWS = ("plain", "floor", "default", "default-no-bar", "module")
 
 
@@ -87,8 +90,9 @@ def clocks() -> np.ndarray:
 class Blocks:
     """The clocks at the start of step `warmup` and after every `block` steps from there: each
     block of steps is timed on its own, and the benchmark keeps each row's fastest block of all
-    its rounds (a block of 100 steps holds two check batches, so their work counts; a burst of
-    load from another process spoils one block, not the row)."""
+    its rounds: a burst of load from another process spoils one block, not the row. A block of 50
+    steps holds exactly one check batch (trainer.log_every_n_steps=50), so its work counts; the
+    progress bar redraws every 0.25 s, i.e. in about every other block."""
 
     def __init__(self, warmup: int, block: int) -> None:
         self.warmup, self.block = warmup, block
@@ -97,8 +101,12 @@ class Blocks:
     def at_step_start(self, step: int) -> None:
         if step >= self.warmup and (step - self.warmup) % self.block == 0:
             self.readings.append(clocks())
+        if step == self.warmup and _profiler is not None:
+            _profiler.enable()
 
     def at_end(self) -> None:
+        if _profiler is not None:
+            _profiler.disable()
         self.readings.append(clocks())
 
     def per_step(self) -> np.ndarray:
@@ -228,7 +236,7 @@ def project(args: argparse.Namespace, batches: Batches, variant: str = "default"
         if variant in ("no-bar", "bare"):
             overrides.append("++trainer.enable_progress_bar=false")
         if variant == "bare":
-            overrides += ["++trainer.enable_model_summary=false", "callbacks={}", "logger={}"]
+            overrides.append("++trainer.enable_model_summary=false")
         cfg = compose("train", overrides=overrides, return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)
     steps = args.warmup + args.steps
@@ -242,6 +250,8 @@ def project(args: argparse.Namespace, batches: Batches, variant: str = "default"
             {"_target_": f"{__name__}.TinyNet", "num_classes": args.classes, "size": args.size}
         )
         cfg.data = OmegaConf.create({"_target_": f"{__name__}.make_data", "batch_size": args.batch})
+        if variant == "bare":  # (a `callbacks={}` override would merge, not replace)
+            cfg.callbacks, cfg.logger = {}, {}
         cfg.callbacks.step_clock = {"_target_": f"{__name__}.make_clock"}
     train(cfg)
     GlobalHydra.instance().clear()
@@ -256,12 +266,13 @@ def quiet() -> None:
 
 
 def main() -> None:
+    global _profiler
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", default=",".join(ROWS), help=f"some of {','.join(ROWS)}")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved; best of these")
     parser.add_argument("--steps", type=int, default=400, help="timed steps a row and round")
     parser.add_argument("--warmup", type=int, default=20, help="untimed steps first")
-    parser.add_argument("--block", type=int, default=100, help="steps timed together")
+    parser.add_argument("--block", type=int, default=50, help="steps timed together")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--size", type=int, default=16, help="image side in pixels")
     parser.add_argument("--classes", type=int, default=10)
@@ -284,10 +295,18 @@ def main() -> None:
             for row in rows:
                 with contextlib.redirect_stdout(devnull), contextlib.redirect_stderr(devnull):
                     blocks[row].append(runs[row](args, batches))
-        if args.profile:
-            profiler = cProfile.Profile()
+        calls = {}
+        for row in rows:  # one more run each, profiled
+            _profiler = cProfile.Profile()
             with contextlib.redirect_stdout(devnull), contextlib.redirect_stderr(devnull):
-                profiler.runcall(runs[args.profile], args, batches)
+                runs[row](args, batches)
+            stats = pstats.Stats(_profiler)
+            calls[row] = sum(entry[1] for entry in stats.stats.values()) / args.steps
+            if row == args.profile:
+                text = io.StringIO()
+                stats.stream = text
+                stats.sort_stats("tottime").print_stats(30)
+            _profiler = None
 
     load = os.getloadavg()
     print(
@@ -300,24 +319,31 @@ def main() -> None:
     # Per row: the fastest block's CPU and wall ms per step (each its own best), the median CPU.
     ms = {row: np.concatenate(times) * 1000 for row, times in blocks.items()}
     best = {row: ms[row].min(axis=0) for row in rows}
-    print("| loop | CPU ms per step | x floor | wall ms per step | x floor | CPU ms, median |")
-    print("|---|---:|---:|---:|---:|---:|")
+    has_floor = "floor" in rows
+    print(
+        "| loop | CPU ms per step | x floor | wall ms per step | x floor | CPU ms, median "
+        "| calls per step | x floor |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for row in rows:
         wall, cpu = best[row]
-        ratio_cpu = f"{cpu / best['floor'][1]:.3f}" if "floor" in best else ""
-        ratio_wall = f"{wall / best['floor'][0]:.3f}" if "floor" in best else ""
+        ratio_cpu = f"{cpu / best['floor'][1]:.3f}" if has_floor else ""
+        ratio_wall = f"{wall / best['floor'][0]:.3f}" if has_floor else ""
+        ratio_calls = f"{calls[row] / calls['floor']:.3f}" if has_floor else ""
         median = np.median(ms[row][:, 1])
-        print(f"| {row} | {cpu:.3f} | {ratio_cpu} | {wall:.3f} | {ratio_wall} | {median:.3f} |")
+        print(
+            f"| {row} | {cpu:.3f} | {ratio_cpu} | {wall:.3f} | {ratio_wall} | {median:.3f} "
+            f"| {calls[row]:,.0f} | {ratio_calls} |"
+        )
     print(
         "\nCPU: the training thread's CPU time (time.thread_time), less sensitive than the wall"
         " time to other\nprocesses; wall: time.perf_counter. Each the fastest block of all rounds;"
-        " median: of all blocks.\nx floor: over Lightning's floor (a loss-only LightningModule"
-        " under a bare Trainer)."
+        " median: of all blocks.\ncalls: Python and C function calls per timed step (cProfile, one"
+        " more run per row), a count\nthat load does not change. x floor: over Lightning's floor (a"
+        " loss-only LightningModule under a bare Trainer)."
     )
     if args.profile:
-        text = io.StringIO()
-        pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(30)
-        print(f"\ncProfile of one {args.profile} run (all of fit, not only the timed steps):")
+        print(f"\ncProfile of the timed steps of one {args.profile} run:")
         print(text.getvalue())
 
 
