@@ -1,7 +1,7 @@
 """The host's cost of one training step: a plain PyTorch loop, Lightning's floor, and this
 project's default config as a user runs it, on a network so small that its compute hardly counts.
 
-    python benchmarks/host.py                     # about a minute on a quiet CPU core
+    python benchmarks/host.py                     # about two minutes on 2 CPU cores
     python benchmarks/host.py --profile default   # also cProfile's top functions of one row
 
 On a GPU the host only queues kernels, and a step of AlexNet at 32 images takes ~2.7 ms with CUDA
@@ -19,9 +19,11 @@ Rows (all iterate the same DataLoader of resident batches, so only the loop diff
   module   the same without any configured callback, logger, progress bar or model summary: what
            AlexNetModule, the DataModule and train()'s own callbacks cost over the floor
 
-The rows run in interleaved rounds (plain, floor, default, ..., plain, floor, ...) and each keeps
-its best round, so a burst of load from another process costs one round, not one row. The
-progress bar writes to /dev/null while the rows run; the table comes after.
+The rows run in interleaved rounds (plain, floor, default, ..., plain, floor, ...), each timed in
+blocks of 50 steps; each row keeps its fastest block, so a burst of load from another process
+costs one block, not the row. Then one more run of each row counts its function calls per step
+(cProfile): a number that load does not change. The progress bar writes to /dev/null while the
+rows run; the table comes after.
 """
 
 import argparse
