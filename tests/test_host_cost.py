@@ -142,3 +142,22 @@ def test_lightnings_callbacks_keep_no_idle_batch_hook_in_the_default_config(comp
         getattr(callback, hook) is None
         for hook in ("on_train_batch_start", "on_train_batch_end", "on_before_backward")
     )
+
+
+def test_compile_time_report_leaves_the_batches_alone_once_it_has_nothing_to_time():
+    from types import SimpleNamespace
+
+    from alexnet_pl.speed import CompileTimeReport
+
+    eager = CompileTimeReport()
+    eager.on_fit_start(SimpleNamespace(), SimpleNamespace(compile_options=None))
+    assert all(getattr(eager, hook) is None for hooks in eager.HOOKS.values() for hook in hooks)
+
+    compiled, trainer = CompileTimeReport(), SimpleNamespace(is_global_zero=False)
+    module = SimpleNamespace(compile_options={"mode": "reduce-overhead"})
+    compiled.on_fit_start(trainer, module)
+    compiled.on_train_batch_start(trainer, module, None, 0)
+    assert compiled.on_validation_batch_start is not None  # still to time
+    compiled.on_train_batch_end(trainer, module, None, None, 0)  # reported: training's are off
+    assert compiled.on_train_batch_start is None and compiled.on_train_batch_end is None
+    assert compiled.on_validation_batch_start is not None
