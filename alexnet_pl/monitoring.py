@@ -21,7 +21,8 @@ from torch.utils.tensorboard import SummaryWriter
 from torchvision.utils import make_grid
 
 from alexnet_pl.data.preprocessing import Preprocessing
-from alexnet_pl.run_record import FINAL_METRICS
+from alexnet_pl.hook_dispatch import turn_off
+from alexnet_pl.run_record import DATA_WAIT, FINAL_METRICS
 from alexnet_pl.step_cadence import forget_check_values, is_check_batch, log_check_values
 
 Scalar = int | float | str | bool
@@ -72,12 +73,23 @@ def images_of(batch: Any) -> torch.Tensor:
 
 
 class Throughput(pl.Callback):
-    """train/images_per_second at the Trainer's log_every_n_steps, train/epoch_seconds (training
-    plus its validation) and, on CUDA, train/peak_gpu_memory_gb once per epoch.
+    """How fast training runs, and whether it waits for data: train/images_per_second at the
+    check batches (step_cadence.py: every trainer.log_every_n_steps batches and each epoch's
+    last), train/epoch_seconds (training plus its validation) and, on CUDA,
+    train/peak_gpu_memory_gb once per epoch, in TensorBoard; and train/data_wait_fraction at the
+    check batches, in every logger and as `data_wait` in the progress bar.
 
     Images per second counts the global batch (every process's images) over the wall time since
     the last log. It never synchronises the device: over many steps the host cannot run more than
     a few kernels ahead of the GPU, so the host clock measures the GPU's rate closely enough.
+
+    The data wait fraction is the share of the training loop's wall time that the host spent
+    between one batch's end and the next batch's start: Lightning fetching the next batch from the
+    loader (and copying it to the device), plus its own bookkeeping between batches (~0.1 ms). An
+    input-bound run shows a high fraction, a step-bound one a low fraction. The gap after a check
+    batch is left out: there the host waits for the device's values (step_cadence.py) and the
+    loggers write, which is not waiting for data; so is validation. (So with
+    trainer.log_every_n_steps=1 every gap is left out, and no fraction is logged.)
     """
 
     def __init__(self) -> None:
@@ -85,17 +97,39 @@ class Throughput(pl.Callback):
         self.window_start: float | None = None
         self.window_images = 0
         self.logged_step = -1
+        # Data wait: the end of the last batch (None: the gap to the next batch is not counted, and
+        # the next window of the fraction starts at that batch's start), the seconds waited in the
+        # window's gaps, their number, and the last optimizer step at which it was logged.
+        self.batch_end: float | None = None
+        self.wait_window_start = 0.0
+        self.waited = 0.0
+        self.gaps = 0
+        self.wait_logged_step = -1
+        self.logged_at_last_batch = False
+        self.writer: SummaryWriter | None = None
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.writer = summary_writer(trainer)  # looked up once, not at every batch
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.epoch_start = time.perf_counter()
         self.window_start = None
+        self.batch_end = None
         if pl_module.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(pl_module.device)
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        forget_check_values(trainer, ("images/s",))  # the progress bar keeps showing it
+        now = time.perf_counter()
+        if self.batch_end is None:
+            self.wait_window_start, self.waited, self.gaps = now, 0.0, 0
+        else:
+            self.waited += now - self.batch_end
+            self.gaps += 1
+        if self.logged_at_last_batch:  # the progress bar keeps showing them
+            forget_check_values(trainer, ("images/s", "data_wait", DATA_WAIT))
+            self.logged_at_last_batch = False
 
     def on_train_batch_end(
         self,
@@ -105,29 +139,41 @@ class Throughput(pl.Callback):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        writer = summary_writer(trainer)
-        if writer is None:
-            return
         now = time.perf_counter()
+        self.batch_end = now
         if self.window_start is None:
             # The window opens at the end of the first step, which also waited for the DataLoader
             # workers to start (or for validation to finish): that wait is not training speed.
             self.window_start, self.window_images = now, 0
+        else:
+            images = images_of(batch)  # None when every image of the batch was undecodable
+            self.window_images += 0 if images is None else len(images)
+        # The rest at the check batches only (step_cadence.py), as the training metrics. Compared
+        # with the last logged step because with gradient accumulation several batches end at the
+        # same step.
+        if not is_check_batch(trainer, batch_idx):
             return
-        images = images_of(batch)  # None when every image of the batch was undecodable
-        self.window_images += (0 if images is None else len(images)) * trainer.world_size
         step = trainer.global_step
-        # At the check batches (step_cadence.py), as the training metrics. Compared with the last
-        # logged step because with gradient accumulation several batches end at the same step.
-        if is_check_batch(trainer, batch_idx) and step > self.logged_step:
-            rate = self.window_images / (now - self.window_start)
-            writer.add_scalar("train/images_per_second", rate, step)
+        if step > self.wait_logged_step:
+            if self.gaps:  # else a window of one batch: nothing was waited for yet
+                fraction = self.waited / (now - self.wait_window_start)
+                log_check_values(pl_module, {DATA_WAIT: fraction}, prog_bar=False)
+                log_check_values(pl_module, {"data_wait": round(fraction, 2)}, logger=False)
+                self.wait_logged_step, self.logged_at_last_batch = step, True
+            self.batch_end = None
+        if self.writer is not None and step > self.logged_step and self.window_images:
+            # Every process's images: the global batch.
+            rate = self.window_images * trainer.world_size / (now - self.window_start)
+            self.writer.add_scalar("train/images_per_second", rate, step)
             # Also in the terminal's progress bar (which otherwise shows batches per second).
             log_check_values(pl_module, {"images/s": rate}, logger=False)
             self.window_start, self.window_images, self.logged_step = now, 0, step
+            self.logged_at_last_batch = True
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.window_start = None  # a validation in mid-epoch must not count as training time
+        # A validation in mid-epoch must count neither as training time nor as waiting for data.
+        self.window_start = None
+        self.batch_end = None
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         writer = summary_writer(trainer)
@@ -233,6 +279,7 @@ class InputSamples(pl.Callback):
         if self.done or images_of(batch) is None:  # None: no image of it could be decoded
             return
         self.done = True
+        turn_off(self, ["on_train_batch_start"])  # no more calls at every batch (hook_dispatch.py)
         writer = summary_writer(trainer)
         if writer is None:
             return

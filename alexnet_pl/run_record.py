@@ -17,6 +17,9 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 log = logging.getLogger(__name__)
 FINAL_METRICS = ("val/loss", "val/top1", "val/top5")
+# The share of the training loop's time spent waiting for the next batch (monitoring.Throughput),
+# of the last window before the end: near 1, the input pipeline limits the speed.
+DATA_WAIT = "train/data_wait_fraction"
 
 
 class ConfigToLoggers(pl.Callback):
@@ -60,6 +63,8 @@ class FinalMetricsWriter(pl.Callback):
         metrics: dict[str, Any] = {
             name: float(logged[name]) for name in FINAL_METRICS if name in logged
         }
+        if DATA_WAIT in logged:
+            metrics[DATA_WAIT] = round(float(logged[DATA_WAIT]), 4)
         metrics.update(epochs_trained=trainer.current_epoch, global_step=trainer.global_step)
         for checkpoint in trainer.checkpoint_callbacks:
             if checkpoint.monitor and checkpoint.best_model_path:
@@ -71,6 +76,8 @@ class FinalMetricsWriter(pl.Callback):
 def summary(metrics: dict[str, Any], run_folder: Path) -> str:
     """A few lines for the terminal at the end of a run."""
     lines = [f"{name:<18} {metrics[name]:.4f}" for name in FINAL_METRICS if name in metrics]
+    if DATA_WAIT in metrics:
+        lines.append(f"{'waiting for data':<18} {metrics[DATA_WAIT]:.0%} of the training loop")
     lines += [
         f"{'epochs trained':<18} {metrics['epochs_trained']}",
         f"{'run folder':<18} {run_folder}",

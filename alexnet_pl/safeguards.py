@@ -71,11 +71,11 @@ class StopTogether(pl.Callback):
 
     Under DDP a rank that stopped on its own would leave the others waiting in the next gradient
     all-reduce until the collective timeout, and a checkpoint's barrier could meet another rank's
-    all-reduce. So each rank only records: a device-side record of its first non-finite loss (no
-    host read per step), a flag for SIGTERM. At check batches (step_cadence.py: the same batches
-    on every rank) and before any checkpoint can be written (validation start, epoch end), one
-    all-reduce tells every rank the first bad batch of any rank and whether any rank received
-    SIGTERM, and all stop there together.
+    all-reduce. So each rank only records: the loss tensors of the batches since the last check
+    (kept on the device: no host read, no kernel per step), a flag for SIGTERM. At check batches
+    (step_cadence.py: the same batches on every rank) and before any checkpoint can be written
+    (validation start, epoch end), one all-reduce tells every rank the first bad batch of any rank
+    and whether any rank received SIGTERM, and all stop there together.
 
     SLURM's requeue signal (SIGUSR1 with `#SBATCH --signal`) is taken the same way. Lightning's
     own handler writes hpc_ckpt_N.ckpt inside the signal handler, in the middle of whatever the
@@ -97,6 +97,8 @@ class StopTogether(pl.Callback):
         self.batch_number = 0
         self.first_bad: torch.Tensor | None = None  # on the device: that record, or NONE_BAD
         self.first_bad_loss: torch.Tensor | None = None  # on the device: its loss value
+        # (batch number, detached loss) of each batch since the last check, examined there at once.
+        self.unchecked_losses: list[tuple[int, torch.Tensor]] = []
         # (step, epoch, batch index, learning rates) of each batch since the last check, by number.
         self.unchecked: dict[int, tuple[int, int, int, list[float]]] = {}
         # Set when the ranks agreed on SIGTERM at an epoch's last batch: they stop at the epoch's
@@ -114,6 +116,7 @@ class StopTogether(pl.Callback):
     def start_recording(self, device: torch.device) -> None:
         self.first_bad = torch.full((), self.NONE_BAD, dtype=torch.int64, device=device)
         self.first_bad_loss = torch.zeros((), device=device)
+        self.unchecked_losses.clear()
 
     def take_over_sigterm(self, trainer: pl.Trainer) -> None:
         """Replaces Lightning's SIGTERM handler with one that only sets a flag. Called once
@@ -169,18 +172,25 @@ class StopTogether(pl.Callback):
         # returned None): nothing to check.
         loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
         if isinstance(loss, torch.Tensor):
-            self.record_if_not_finite(loss.detach(), trainer)
+            self.unchecked_losses.append((self.batch_number, loss.detach()))
         self.batch_number += 1
         if is_check_batch(trainer, batch_idx):
             last_batch = batch_idx + 1 >= trainer.num_training_batches
             self.stop_if_any_rank_must(trainer, sigterm_waits_for_epoch_end=last_batch)
 
-    def record_if_not_finite(self, loss: torch.Tensor, trainer: pl.Trainer) -> None:
-        """A few kernels on a scalar, no host read: the device keeps the first bad batch."""
-        key = self.batch_number * trainer.world_size + trainer.global_rank
-        bad_key = torch.where(torch.isfinite(loss), self.NONE_BAD, key)
+    def record_unchecked_losses(self, trainer: pl.Trainer) -> None:
+        """Folds the losses since the last check into the device-side record of the first bad
+        batch: a few kernels for the whole window, no host read."""
+        if not self.unchecked_losses:
+            return
+        numbers, losses = zip(*self.unchecked_losses, strict=True)
+        self.unchecked_losses.clear()
+        losses = torch.stack(losses).float()
+        keys = torch.tensor(numbers, device=losses.device) * trainer.world_size
+        keys = torch.where(torch.isfinite(losses), self.NONE_BAD, keys + trainer.global_rank)
+        bad_key, where = keys.min(dim=0)
         first = bad_key < self.first_bad
-        self.first_bad_loss = torch.where(first, loss.float(), self.first_bad_loss)
+        self.first_bad_loss = torch.where(first, losses[where], self.first_bad_loss)
         self.first_bad = torch.minimum(self.first_bad, bad_key)
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -202,6 +212,7 @@ class StopTogether(pl.Callback):
     ) -> None:
         """One all-reduce (MIN) of [first bad record, -SIGTERM flag, -requeue flag] and one host
         read; every rank calls it at the same batch and takes the same decision."""
+        self.record_unchecked_losses(trainer)
         # new_full fills on the device: no copy from the host (which would wait for the GPU).
         flags = (-int(self.sigterm_received), -int(self.requeue_received))
         decision = torch.stack([self.first_bad, *(self.first_bad.new_full((), f) for f in flags)])

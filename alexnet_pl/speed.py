@@ -21,6 +21,7 @@ from pytorch_lightning.accelerators import CPUAccelerator, CUDAAccelerator
 from pytorch_lightning.utilities import rank_zero_only
 
 from alexnet_pl.errors import UserError
+from alexnet_pl.hook_dispatch import turn_off
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +193,17 @@ class CompileTimeReport(pl.Callback):
         self.started: dict[str, float] = {}
         self.reported: set[str] = set()
 
+    # Its batch hooks, by stage; turned off (hook_dispatch.py) once they have nothing left to do.
+    HOOKS = {
+        "training": ("on_train_batch_start", "on_train_batch_end"),
+        "validation": ("on_validation_batch_start", "on_validation_batch_end"),
+    }
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if getattr(pl_module, "compile_options", None) is None:  # nothing compiles: nothing to time
+            for stage in self.HOOKS:
+                turn_off(self, self.HOOKS[stage])
+
     def _start(self, stage: str, pl_module: pl.LightningModule) -> None:
         if stage not in self.reported and getattr(pl_module, "compile_options", None) is not None:
             self.started[stage] = time.perf_counter()
@@ -199,6 +211,7 @@ class CompileTimeReport(pl.Callback):
     def _report(self, stage: str, trainer: pl.Trainer) -> None:
         if stage in self.started and stage not in self.reported:
             self.reported.add(stage)
+            turn_off(self, self.HOOKS[stage])
             seconds = time.perf_counter() - self.started.pop(stage)
             if trainer.is_global_zero:
                 log.info(

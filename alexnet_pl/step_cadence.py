@@ -36,9 +36,12 @@ def is_check_batch(trainer: pl.Trainer, batch_idx: int) -> bool:
 
 
 def log_check_values(
-    module: pl.LightningModule, values: dict[str, float], logger: bool = True
+    module: pl.LightningModule,
+    values: dict[str, float],
+    logger: bool = True,
+    prog_bar: bool = True,
 ) -> None:
-    """Logs values read at a check batch to the progress bar and (logger=True) the loggers.
+    """Logs values read at a check batch to the progress bar and the loggers (each if True).
 
     Passed as CPU tensors: Lightning turns a Python float into a tensor on the module's device,
     and then converts it back to a number for the progress bar at every later batch of the
@@ -48,7 +51,7 @@ def log_check_values(
         module.log(
             name,
             torch.tensor(value, dtype=torch.float64),
-            prog_bar=True,
+            prog_bar=prog_bar,
             logger=logger,
             on_step=True,
             on_epoch=False,

@@ -47,7 +47,10 @@ def train(cfg: DictConfig) -> pl.Trainer:
     module: AlexNetModule = instantiate(cfg.module)
     module.run_config = run_config
     resume.load_initial_weights(module.network, cfg.init_from)  # init_from: weights, a new run
+    # An entry that builds None adds no callback: callbacks.<name>=null, or the progress bar with
+    # trainer.enable_progress_bar=false.
     callbacks = [instantiate(callback) for callback in cfg.callbacks.values()]
+    callbacks = [callback for callback in callbacks if callback is not None]
     callbacks += [ConfigToLoggers(run_config), HParamsWithMetrics(run_config)]
     callbacks.append(resume.LoggerRunIds())  # a resume logs into the same W&B and MLflow runs
     callbacks.append(PlateauStepInCheckpoint())  # resumes keep ReduceLROnPlateau's every step
