@@ -9,14 +9,17 @@ hook only when `callable(getattr(callback, hook_name))` (trainer/call.py, _call_
 so each batch hook that a callback's class leaves as Lightning's empty default is replaced, on
 that callback object, by None; so are the batch hooks of Lightning's own callbacks that the run's
 settings leave idle (idle_hooks), and callbacks of ours turn theirs off once their work is done
-(turn_off). Should Lightning ever call a hook without that check, it would call None and fail
-loudly (TypeError), never skip work silently; tests/test_host_cost.py checks the skip.
+(turn_off). That check is an implementation detail: private_api.lightning_skips_uncallable_hooks
+reads it from the installed Lightning first, and without it nothing is skipped (a warning names
+it); tests/test_host_cost.py checks the skip.
 """
 
 from collections.abc import Iterable
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+
+from alexnet_pl import private_api
 
 # The hooks Lightning calls at every training or validation batch.
 BATCH_HOOKS = (
@@ -32,7 +35,11 @@ BATCH_HOOKS = (
 
 
 def turn_off(callback: pl.Callback, hooks: Iterable[str]) -> None:
-    """Lightning stops calling these hooks of this callback object (for every later batch)."""
+    """Lightning stops calling these hooks of this callback object (for every later batch). The
+    hooks stay as they are on a Lightning that would call None (private_api.py): each hook that
+    is turned off must also return at once when called."""
+    if not private_api.lightning_skips_uncallable_hooks():
+        return
     for name in hooks:
         setattr(callback, name, None)
 
@@ -42,11 +49,9 @@ def idle_hooks(callback: pl.Callback) -> list[str]:
     if isinstance(callback, LearningRateMonitor) and callback.logging_interval == "epoch":
         return ["on_train_batch_start"]  # it logs step learning rates only
     # A ModelCheckpoint saves after a batch only with every_n_train_steps or train_time_interval;
-    # both are kept in private attributes (read directly: a renamed one fails loudly here).
-    if (
-        type(callback) is ModelCheckpoint
-        and callback._every_n_train_steps < 1
-        and callback._train_time_interval is None
+    # both are kept in private attributes (private_api.py: a renamed one is named, not skipped).
+    if type(callback) is ModelCheckpoint and private_api.checkpoint_saves_only_at_epoch_end(
+        callback
     ):
         return ["on_train_batch_end"]
     return []
@@ -70,5 +75,7 @@ class SkipEmptyBatchHooks(pl.Callback):
     bar, model summary and checkpoints included, and this one)."""
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if not private_api.lightning_skips_uncallable_hooks():
+            return  # said once (private_api.py); every hook is called, as Lightning does
         for callback in trainer.callbacks:
             skip_empty_batch_hooks(callback)

@@ -12,6 +12,7 @@ Benchmarks (not the package) also look inside torch: benchmarks/step.py sets
 torch._dynamo.config, benchmarks/worker_memory.py reads a loader iterator's _workers.
 """
 
+import functools
 import importlib.metadata
 import warnings
 from typing import Any, NamedTuple
@@ -83,6 +84,26 @@ PARTS = {
         "DecodingAheadLoader._iterator answers by stopping its decoding thread",
         "with data.decode=gpu the decoding thread and the loader's workers may run on after fit "
         "and validate until the process exits",
+        False,
+    ),
+    "callable_callback_hooks": PrivatePart(
+        "pytorch_lightning.trainer.call._call_callback_hooks (its `if callable(fn)` check)",
+        "pytorch-lightning",
+        "hook_dispatch.SkipEmptyBatchHooks sets a callback's idle batch hooks to None on the "
+        "object, and Lightning skips a hook that is not callable: ~4 us a callback and hook "
+        "saved at every batch",
+        "every callback's empty batch hooks are called at every batch (~0.4 ms of host time a "
+        "step with the default callbacks); the run is otherwise the same",
+        False,
+    ),
+    "checkpoint_step_triggers": PrivatePart(
+        "pytorch_lightning.callbacks.ModelCheckpoint._every_n_train_steps / "
+        "_train_time_interval",
+        "pytorch-lightning",
+        "hook_dispatch.idle_hooks: a ModelCheckpoint that saves by neither steps nor time does "
+        "nothing after a training batch, so its on_train_batch_end is skipped",
+        "the checkpoints' on_train_batch_end runs at every batch (a few us each); the run is "
+        "otherwise the same",
         False,
     ),
     "has_triton": PrivatePart(
@@ -191,3 +212,32 @@ def has_triton() -> bool:
         report_missing("has_triton")
         return False
     return has_triton()
+
+
+@functools.cache
+def lightning_skips_uncallable_hooks() -> bool:
+    """Whether Lightning calls a callback's hook only when it is callable, so that a hook set to
+    None on a callback object is skipped (read from the installed source: an older or newer
+    Lightning that calls every hook would call None and stop the run)."""
+    import inspect
+
+    from pytorch_lightning.trainer import call
+
+    function = getattr(call, "_call_callback_hooks", None)
+    try:
+        skips = function is not None and "if callable(fn)" in inspect.getsource(function)
+    except (OSError, TypeError):
+        skips = False
+    if not skips:
+        report_missing("callable_callback_hooks")
+    return skips
+
+
+def checkpoint_saves_only_at_epoch_end(callback: Any) -> bool:
+    """A ModelCheckpoint set to save neither every N training steps nor on a timer."""
+    try:
+        steps, interval = callback._every_n_train_steps, callback._train_time_interval
+    except AttributeError:
+        report_missing("checkpoint_step_triggers")
+        return False
+    return steps < 1 and interval is None

@@ -60,7 +60,9 @@ class TimedProgressBar(TQDMProgressBar):
             )
 
 
-def progress_bar(enabled: bool = True, refresh_seconds: float = 0.25) -> TimedProgressBar | None:
+def progress_bar(
+    enabled: bool | None = True, refresh_seconds: float = 0.25
+) -> TimedProgressBar | None:
     """The bar, or None (no callback) when trainer.enable_progress_bar=false: Lightning refuses a
-    progress bar callback together with that switch."""
-    return TimedProgressBar(refresh_seconds) if enabled else None
+    progress bar callback together with that switch. null (Lightning's default) means on."""
+    return None if enabled is False else TimedProgressBar(refresh_seconds)

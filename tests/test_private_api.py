@@ -109,6 +109,42 @@ def test_has_triton_missing_warns_once_and_lrn_runs_eagerly(monkeypatch):
     assert_warns_once("has_triton", lambda: assert_false(private_api.has_triton()))
 
 
+def test_lightning_calling_every_hook_warns_once_and_nothing_is_turned_off(monkeypatch):
+    from pytorch_lightning.trainer import call
+
+    from alexnet_pl.hook_dispatch import skip_empty_batch_hooks, turn_off
+
+    def calls_every_hook(trainer, hook_name, *args, **kwargs):  # a Lightning without the check
+        for callback in trainer.callbacks:
+            getattr(callback, hook_name)(trainer, trainer.lightning_module, *args, **kwargs)
+
+    monkeypatch.setattr(call, "_call_callback_hooks", calls_every_hook)
+    private_api.lightning_skips_uncallable_hooks.cache_clear()
+    callback = pl.Callback()
+    try:
+        assert_warns_once("callable_callback_hooks", lambda: turn_off(callback, ["on_fit_end"]))
+        assert callable(callback.on_fit_end)
+        skip_empty_batch_hooks(callback)
+        assert callable(callback.on_train_batch_start)
+    finally:
+        private_api.lightning_skips_uncallable_hooks.cache_clear()
+
+
+def test_checkpoint_step_triggers_missing_warn_once_and_keep_the_hook(monkeypatch):
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    from alexnet_pl.hook_dispatch import idle_hooks
+
+    checkpoint = ModelCheckpoint()
+    assert idle_hooks(checkpoint) == ["on_train_batch_end"]  # saves at epoch ends only
+    monkeypatch.delattr(checkpoint, "_every_n_train_steps")
+    assert_warns_once("checkpoint_step_triggers", lambda: assert_nothing(idle_hooks(checkpoint)))
+
+
+def assert_nothing(hooks: list[str]) -> None:
+    assert hooks == []
+
+
 def assert_false(value: bool) -> None:
     assert value is False
 
@@ -122,6 +158,8 @@ def test_every_part_is_tested_here():
         "dataloader_iterator",
         "shutdown_workers",
         "has_triton",
+        "callable_callback_hooks",
+        "checkpoint_step_triggers",
     }
     assert tested == set(PARTS)
 
