@@ -34,6 +34,7 @@ MAY_DIFFER = (
     "trainer.log_every_n_steps",  # logging cadence (and the check batches: safeguards.py)
     "trainer.enable_progress_bar",
     "trainer.enable_model_summary",
+    "trainer.profiler",  # where the time goes, not what is computed
     "trainer.default_root_dir",
     "trainer.max_epochs",  # may grow: what is derived from it is compared on its own keys
     "channels_last",  # the same arithmetic in another memory layout
