@@ -40,8 +40,7 @@ class TimedProgressBar(TQDMProgressBar):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        bar = self._train_progress_bar
-        if bar is not None and self.due("train", batch_idx, bar.total):
+        if self.due("train", batch_idx, self.total_train_batches):
             super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
     def on_validation_batch_end(
@@ -53,8 +52,7 @@ class TimedProgressBar(TQDMProgressBar):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        bar = self._val_progress_bar
-        if bar is not None and self.due("validation", batch_idx, bar.total):
+        if self.due("validation", batch_idx, self.total_val_batches_current_dataloader):
             super().on_validation_batch_end(
                 trainer, pl_module, outputs, batch, batch_idx, dataloader_idx
             )
