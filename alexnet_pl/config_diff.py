@@ -87,6 +87,17 @@ def check_same_computation(
 ) -> dict[str, tuple[Any, Any]]:
     """Raises UserError naming every key whose difference changes what the run computes, with both
     values and what to do; returns the differences that do not (recorded with the resume)."""
+    if "loss" not in saved:
+        # Written before the module was built from one config node (no `loss` group, schedulers
+        # by `_target_`, no ablation switches): the same computation under other keys, so a key
+        # by key comparison would list differences that are not real.
+        raise UserError(
+            f"ckpt_path={ckpt_path} was written by an earlier alexnet-pl, whose config has no "
+            "`loss` node (before the ablation switches and the module built from config), so "
+            "this version cannot check that a resume keeps its recipe. Finish the run with the "
+            "version that started it, or start a new run from its weights: "
+            f"init_from={ckpt_path} instead of ckpt_path"
+        )
     found = differences(saved, new)
     refused = {key: values for key, values in found.items() if not may_differ(key)}
     if refused:

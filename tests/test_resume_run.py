@@ -187,10 +187,24 @@ def test_a_longer_resume_under_the_cosine_schedule_is_refused_naming_its_length(
     )
 
 
+def test_a_run_from_before_the_module_config_is_refused_with_what_to_do(compose_config):
+    cfg = compose_config()
+    new = OmegaConf.to_container(cfg, resolve=True)
+    earlier = {key: value for key, value in new.items() if key != "loss"}
+    with pytest.raises(ValueError) as refused:
+        config_diff.check_same_computation("run/last.ckpt", earlier, cfg, new)
+    assert "earlier alexnet-pl" in str(refused.value)
+    assert "init_from=run/last.ckpt" in str(refused.value)
+
+
 def test_a_schedule_length_derived_from_max_epochs_is_named_when_it_would_change():
     # A cosine schedule whose T_max follows trainer.max_epochs: a longer run would reshape it.
     run = OmegaConf.create(
-        {"trainer": {"max_epochs": 2}, "scheduler": {"T_max": "${trainer.max_epochs}"}}
+        {
+            "trainer": {"max_epochs": 2},
+            "scheduler": {"T_max": "${trainer.max_epochs}"},
+            "loss": {"label_smoothing": 0.0},
+        }
     )
     resumed = OmegaConf.merge(run, {"trainer": {"max_epochs": 4}})
     saved, new = (OmegaConf.to_container(c, resolve=True) for c in (run, resumed))
@@ -202,7 +216,9 @@ def test_a_schedule_length_derived_from_max_epochs_is_named_when_it_would_change
     )
     assert "  trainer.max_epochs:" not in message  # it may grow itself
     # Under StepLR (no derived length) the same growth passes, and is returned for the record.
-    step = OmegaConf.create({"trainer": {"max_epochs": 2}, "scheduler": {"step_size": 30}})
+    step = OmegaConf.create(
+        {"trainer": {"max_epochs": 2}, "scheduler": {"step_size": 30}, "loss": {}}
+    )
     longer = OmegaConf.merge(step, {"trainer": {"max_epochs": 4}})
     changes = config_diff.check_same_computation(
         "run/last.ckpt",
