@@ -15,7 +15,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from hydra.utils import get_object
+from hydra.utils import get_method
 from torch.optim.lr_scheduler import (
     CosineAnnealingLR,
     LinearLR,
@@ -42,7 +42,8 @@ class LRSchedule:
             )
         if isinstance(kind, str):
             try:
-                kind = get_object(kind)
+                # get_method: a class or a function (hydra-core 1.3.0 has no get_object)
+                kind = get_method(kind)
             except Exception as error:
                 raise UserError(
                     f"scheduler.kind={kind!r} cannot be imported ({error}); name a class such as "
