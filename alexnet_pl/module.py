@@ -23,21 +23,25 @@ SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
 TRAIN_METRICS = ("train/loss", "train/top1", "train/top5")
 
 
-def batch_counts(
-    logits: torch.Tensor, labels: torch.Tensor, loss: torch.Tensor, top_k: int
-) -> torch.Tensor:
-    """[loss summed over the images, top-1 hits, top-k hits, images] of one batch, as one float32
-    tensor on the device: a few small kernels, and nothing the host has to wait for."""
-    # (batch, k), best first; a label appears at most once in a row, so the sum counts the images
-    # whose label is among their k best.
-    hits = logits.topk(top_k, dim=1).indices == labels.unsqueeze(1)
-    images = labels.shape[0]
+def batch_hits(logits: torch.Tensor, labels: torch.Tensor, top_k: int) -> torch.Tensor:
+    """(batch, top_k) booleans: whether each image's label is its best, second best, ... logit.
+    A label appears at most once in a row, so a row's sum says whether it is among the k best."""
+    return logits.topk(top_k, dim=1).indices == labels.unsqueeze(1)
+
+
+def window_counts(window: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """[loss summed over the images, top-1 hits, top-k hits, images] of the batches of a window
+    ((mean loss, batch_hits) per batch), as one float32 tensor on the device: a few kernels for
+    the whole window, nothing the host has to wait for."""
+    losses = torch.stack([loss.float() for loss, _ in window])
+    sizes = losses.new_tensor([hits.shape[0] for _, hits in window])
+    hits = torch.cat([hits for _, hits in window])
     return torch.stack(
         [
-            loss.float() * images,
+            losses @ sizes,
             hits[:, 0].sum(dtype=torch.float32),
             hits.sum(dtype=torch.float32),
-            torch.full_like(loss, images, dtype=torch.float32),
+            sizes.sum(),
         ]
     )
 
@@ -75,12 +79,13 @@ class AlexNetModule(pl.LightningModule):
         self.loss = nn.CrossEntropyLoss() if loss is None else loss
         num_classes = self.num_classes
         self.top_k = min(5, num_classes)  # top-5 of fewer than five classes is top-all
-        # Training metrics: every step adds its loss sum, top-1 and top-5 hits and image count to
-        # this device tensor; the host reads it at check batches only (step_cadence.py). A plain
-        # attribute, not a buffer: DDP would copy rank 0's buffers to every rank at each step,
-        # and checkpoints would carry it.
-        self.train_window = torch.zeros(4)
-        self.count_batch = batch_counts  # compiled into one or two kernels on CUDA (on_fit_start)
+        # Training metrics: every step keeps its mean loss and its top-k hits (two or three small
+        # kernels, device tensors); the batches of a window are counted together and read by the
+        # host at check batches only (step_cadence.py). Counting each step into a running total
+        # instead cost ~10 more tensor operations a step, the largest part of this module's host
+        # time per step (benchmarks/RESULTS.md, host cost).
+        self.train_window: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.hits_of = batch_hits  # compiled on CUDA (on_fit_start)
         # Validation runs once per epoch, so torchmetrics is fine there. Its argument checks and
         # NaN checks read values back to the host at every batch: off, the inputs are ours.
         # torchmetrics sums the counts over DDP ranks at the end of the epoch, so the logged
@@ -122,11 +127,11 @@ class AlexNetModule(pl.LightningModule):
             self.network.compile(**self.compile_options)
 
     def on_fit_start(self) -> None:
-        self.train_window = torch.zeros(4, device=self.device)
+        self.train_window = []
         if self.compile_options is not None and self.device.type == "cuda":
-            # Eager, the per-step counting is about ten tiny kernels; compiled, two or three.
+            # Eager, top-k and the comparison are a few kernels; compiled, fewer.
             backend = self.compile_options.get("backend", "inductor")
-            self.count_batch = torch.compile(batch_counts, backend=backend)
+            self.hits_of = torch.compile(batch_hits, backend=backend)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.cuda_graphs:
@@ -141,7 +146,9 @@ class AlexNetModule(pl.LightningModule):
             return None  # every image of this batch was undecodable: nothing to learn from
         logits = self(images)
         loss = self.loss(logits, labels)
-        self.train_window += self.count_batch(logits.detach(), labels, loss.detach(), self.top_k)
+        # Outside the compiled network: tensors of its own, which a CUDA graph's next replay does
+        # not overwrite.
+        self.train_window.append((loss.detach(), self.hits_of(logits.detach(), labels, self.top_k)))
         return loss
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
@@ -152,10 +159,12 @@ class AlexNetModule(pl.LightningModule):
         # whose images were all undecodable, so all ranks meet in the collective below together.
         if not is_check_batch(self.trainer, batch_idx):
             return
-        # Summed over DDP ranks in place (one collective); then the one host read.
-        totals = self.trainer.strategy.reduce(self.train_window, reduce_op="sum")
+        # A rank whose window holds no batch (each undecodable) still meets the others below.
+        window, self.train_window = self.train_window, []
+        counts = window_counts(window) if window else torch.zeros(4, device=self.device)
+        # Summed over DDP ranks (one collective); then the one host read.
+        totals = self.trainer.strategy.reduce(counts, reduce_op="sum")
         loss_sum, top1_hits, top5_hits, images = totals.tolist()
-        self.train_window.zero_()
         if images:
             means = (loss_sum / images, top1_hits / images, top5_hits / images)
             log_check_values(self, dict(zip(TRAIN_METRICS, means, strict=True)))
