@@ -250,6 +250,8 @@ def plot_top1(runs: list[Run], labels: list[str], path: Path) -> bool:
     from matplotlib import pyplot
 
     figure, axes = pyplot.subplots(figsize=(8, 5))
+    # The default cycle repeats after ten colours; a sweep of the ablations has eleven runs.
+    axes.set_prop_cycle(color=pyplot.get_cmap("tab20").colors)
     for run, label in zip(runs, labels, strict=True):
         points = run.curves.get("val/top1", [])
         if points:
